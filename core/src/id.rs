@@ -26,7 +26,9 @@ pub enum IdError {
     #[error("trust domain is missing")]
     MissingTrustDomain,
     /// Trust domain holds a character other than `a-z 0-9 . - _`.
-    #[error("trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores")]
+    #[error(
+        "trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores"
+    )]
     BadTrustDomainChar,
     /// Trust domain carries `user@` information.
     #[error("trust domain must not contain user info")]
@@ -47,7 +49,9 @@ pub enum IdError {
     #[error("path cannot have a trailing slash")]
     TrailingSlash,
     /// A path segment holds a character other than `a-z A-Z 0-9 . - _`.
-    #[error("path segment characters are limited to letters, numbers, dots, dashes, and underscores")]
+    #[error(
+        "path segment characters are limited to letters, numbers, dots, dashes, and underscores"
+    )]
     BadPathChar,
     /// A `?query` part is present.
     #[error("SPIFFE ID must not contain a query")]
@@ -327,7 +331,10 @@ mod tests {
             assert_eq!(SpiffeId::parse(s).unwrap_err(), *want, "input {s:?}");
         }
         let long_td = format!("spiffe://{}/a", "a".repeat(256));
-        assert_eq!(SpiffeId::parse(&long_td).unwrap_err(), IdError::TrustDomainTooLong);
+        assert_eq!(
+            SpiffeId::parse(&long_td).unwrap_err(),
+            IdError::TrustDomainTooLong
+        );
         let ok_td = format!("spiffe://{}/a", "a".repeat(255));
         assert!(SpiffeId::parse(&ok_td).is_ok());
         let long = format!("spiffe://example.org/{}", "a".repeat(2048));
@@ -341,16 +348,28 @@ mod tests {
             IdError::MissingPath
         );
         assert!(SpiffeId::parse_workload("spiffe://example.org/a").is_ok());
-        assert_eq!(TrustDomain::new("spiffe://example.org").unwrap().as_str(), "example.org");
+        assert_eq!(
+            TrustDomain::new("spiffe://example.org").unwrap().as_str(),
+            "example.org"
+        );
         assert_eq!(
             TrustDomain::new("spiffe://example.org/a").unwrap_err(),
             IdError::UnexpectedPath
         );
-        assert_eq!(TrustDomain::new("Example.org").unwrap_err(), IdError::BadTrustDomainChar);
-        assert_eq!(TrustDomain::new("").unwrap_err(), IdError::MissingTrustDomain);
+        assert_eq!(
+            TrustDomain::new("Example.org").unwrap_err(),
+            IdError::BadTrustDomainChar
+        );
+        assert_eq!(
+            TrustDomain::new("").unwrap_err(),
+            IdError::MissingTrustDomain
+        );
         let td = TrustDomain::new("example.org").unwrap();
         assert_eq!(td.id_string(), "spiffe://example.org");
-        assert_eq!(td.id_with_path("/x/y").unwrap().to_string(), "spiffe://example.org/x/y");
+        assert_eq!(
+            td.id_with_path("/x/y").unwrap().to_string(),
+            "spiffe://example.org/x/y"
+        );
     }
 
     mod props {

@@ -3,10 +3,22 @@
 //! Layout:
 //! - [`id`]: SPIFFE IDs and trust domain names, parsed once at the edge.
 //! - [`selector`]: `type:value` selectors and entry matching.
+//! - [`keys`]: key generation, CSRs and their verification.
+//! - [`x509`]: building CA certificates and leaf X.509-SVIDs.
+//! - [`validate`]: checking an X.509-SVID chain against a bundle.
+//! - [`bundle`]: trust bundles in the SPIFFE JWK-set format and PEM.
+//! - [`tls`]: rustls verifiers and certificate resolvers for SPIFFE authentication.
 #![forbid(unsafe_code)]
 
+pub mod bundle;
 pub mod id;
+pub mod keys;
 pub mod selector;
+pub mod tls;
+pub mod validate;
+pub mod x509;
 
+pub use bundle::{Bundle, BundleError, JwtAuthority};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use selector::{Selector, SelectorError, SelectorSet};
+pub use validate::{SvidError, validate_x509_svid};

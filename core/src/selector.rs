@@ -170,10 +170,22 @@ mod tests {
 
     #[test]
     fn parse_errors() {
-        assert!(matches!(Selector::parse("unix"), Err(SelectorError::MissingSeparator(_))));
-        assert!(matches!(Selector::parse(":uid:1"), Err(SelectorError::EmptyType(_))));
-        assert!(matches!(Selector::parse("unix:"), Err(SelectorError::EmptyValue(_))));
-        assert!(matches!(Selector::parse("un ix:uid:1"), Err(SelectorError::BadType(_))));
+        assert!(matches!(
+            Selector::parse("unix"),
+            Err(SelectorError::MissingSeparator(_))
+        ));
+        assert!(matches!(
+            Selector::parse(":uid:1"),
+            Err(SelectorError::EmptyType(_))
+        ));
+        assert!(matches!(
+            Selector::parse("unix:"),
+            Err(SelectorError::EmptyValue(_))
+        ));
+        assert!(matches!(
+            Selector::parse("un ix:uid:1"),
+            Err(SelectorError::BadType(_))
+        ));
     }
 
     #[test]
