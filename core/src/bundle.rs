@@ -92,7 +92,8 @@ impl Bundle {
         let mut doc = Map::new();
         doc.insert("keys".into(), Value::Array(keys));
         doc.insert("spiffe_sequence".into(), self.sequence.into());
-        if let Some(h) = self.refresh_hint {
+        // BND-7: the refresh hint, when present, is positive; a zero hint is left out.
+        if let Some(h) = self.refresh_hint.filter(|h| *h > 0) {
             doc.insert("spiffe_refresh_hint".into(), h.into());
         }
         serde_json::to_string_pretty(&Value::Object(doc))

@@ -1,10 +1,12 @@
 //! Key generation and CSRs. Keys are made where they are used and never leave that process.
 
 use rcgen::{
-    CertificateParams, CertificateSigningRequestParams, KeyPair, PKCS_ECDSA_P256_SHA256,
-    PKCS_ECDSA_P384_SHA384, PublicKey, PublicKeyData,
+    CertificateParams, KeyPair, PKCS_ECDSA_P256_SHA256, PKCS_ECDSA_P384_SHA384, PublicKeyData,
+    SubjectPublicKeyInfo,
 };
-use rustls_pki_types::CertificateSigningRequestDer;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::error::X509Error;
+use x509_parser::prelude::FromDer;
 
 /// Key algorithms Sigil generates. RSA keys cannot be generated with ring, so RSA is accepted
 /// only where a key arrives from outside (an upstream authority or a CSR).
@@ -73,8 +75,11 @@ pub fn csr_der(key: &KeyPair) -> Result<Vec<u8>, KeyError> {
 }
 
 /// The public key of a CSR whose signature verified: the only part of a CSR the CA trusts.
+///
+/// The key's algorithm comes from the CSR's SubjectPublicKeyInfo, never from the algorithm the
+/// CSR happens to be signed with (a P-256 key may sign its CSR with ecdsa-with-SHA384).
 #[derive(Debug, Clone)]
-pub struct CsrKey(PublicKey);
+pub struct CsrKey(SubjectPublicKeyInfo);
 
 impl CsrKey {
     /// DER SubjectPublicKeyInfo of the key.
@@ -103,13 +108,18 @@ impl PublicKeyData for CsrKey {
 
 /// Parses a DER CSR and verifies its signature (proof of possession of the key).
 pub fn parse_csr(der: &[u8]) -> Result<CsrKey, KeyError> {
-    let csr = CertificateSigningRequestDer::from(der);
-    match CertificateSigningRequestParams::from_der(&csr) {
-        Ok(p) => Ok(CsrKey(p.public_key)),
-        Err(rcgen::Error::InvalidCertificationRequestSignature) => Err(KeyError::BadCsrSignature),
-        Err(rcgen::Error::UnsupportedSignatureAlgorithm) => Err(KeyError::UnsupportedCsrKey),
-        Err(_) => Err(KeyError::MalformedCsr),
+    let (rest, csr) =
+        X509CertificationRequest::from_der(der).map_err(|_| KeyError::MalformedCsr)?;
+    if !rest.is_empty() {
+        return Err(KeyError::MalformedCsr);
     }
+    csr.verify_signature().map_err(|e| match e {
+        X509Error::SignatureUnsupportedAlgorithm => KeyError::UnsupportedCsrKey,
+        _ => KeyError::BadCsrSignature,
+    })?;
+    let spki = SubjectPublicKeyInfo::from_der(csr.certification_request_info.subject_pki.raw)
+        .map_err(|_| KeyError::UnsupportedCsrKey)?;
+    Ok(CsrKey(spki))
 }
 
 #[cfg(test)]

@@ -133,15 +133,15 @@ impl SvidResolver {
         Self::default()
     }
 
-    /// Installs a chain (leaf first) and its PKCS#8 DER private key.
+    /// Installs a chain (leaf first) and its PKCS#8 DER private key. Fails, keeping the
+    /// previous SVID, when the chain is empty or the key is not the leaf's.
     pub fn set(
         &self,
         chain: Vec<CertificateDer<'static>>,
         key_pkcs8: &[u8],
     ) -> Result<(), rustls::Error> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8.to_vec()));
-        let signing = provider().key_provider.load_private_key(key)?;
-        let ck = CertifiedKey::new(chain, signing);
+        let ck = CertifiedKey::from_der(chain, key, &provider())?;
         *self.0.write().unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(ck));
         Ok(())
     }

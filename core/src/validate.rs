@@ -106,16 +106,21 @@ pub fn validate_x509_svid(
             other => SvidError::Untrusted(format!("{other:?}")),
         })?;
 
-    // webpki does not insist on keyCertSign for the anchor; the standard does.
+    // webpki does not insist on cA or keyCertSign for the anchor; the standard does. The roots
+    // of one trust domain may share a subject name (rotation), so the anchor webpki used is
+    // found by subject *and* key.
     let anchor = path.anchor();
     let anchor_index = chain.len();
-    if let Some(root) = roots.iter().find(|r| {
-        parse(r, anchor_index)
-            .map(|c| c.subject().as_raw() == anchor.subject.as_ref())
-            .unwrap_or(false)
-    }) {
-        check_signing_cert(&parse(root, anchor_index)?, anchor_index)?;
-    }
+    let root = roots
+        .iter()
+        .find(|r| {
+            webpki::anchor_from_trusted_cert(r).is_ok_and(|a| {
+                a.subject.as_ref() == anchor.subject.as_ref()
+                    && a.subject_public_key_info.as_ref() == anchor.subject_public_key_info.as_ref()
+            })
+        })
+        .ok_or_else(|| SvidError::Untrusted("trust anchor not found in the bundle".into()))?;
+    check_signing_cert(&parse(root, anchor_index)?, anchor_index)?;
     Ok(id)
 }
 

@@ -74,7 +74,10 @@ impl CaSigner {
     ) -> Result<Self, BuildError> {
         let (_, parsed) = x509_parser::parse_x509_certificate(&cert)
             .map_err(|e| BuildError::BadIssuer(e.to_string()))?;
-        let self_signed = parsed.subject() == parsed.issuer();
+        // Sigil's CAs of one trust domain share a subject name, so an intermediate signed by the
+        // root has issuer == subject too: only a signature by its own key makes a cert a root.
+        let self_signed =
+            parsed.subject() == parsed.issuer() && parsed.verify_signature(None).is_ok();
         let not_after = to_system_time(parsed.validity().not_after.timestamp());
         if parsed.public_key().raw != key.subject_public_key_info().as_slice() {
             return Err(BuildError::BadIssuer(
@@ -141,7 +144,12 @@ impl CaSigner {
         ];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial());
-        let not_after = (leaf.now + leaf.ttl).min(self.not_after);
+        if leaf.now >= self.not_after {
+            return Err(BuildError::BadIssuer(
+                "CA certificate has expired; it cannot sign".into(),
+            ));
+        }
+        let not_after = add_clamped(leaf.now, leaf.ttl).min(self.not_after);
         params.not_before = to_offset(leaf.now.checked_sub(CLOCK_SKEW).unwrap_or(leaf.now));
         params.not_after = to_offset(not_after);
         let cert = params
@@ -165,8 +173,13 @@ impl CaSigner {
         ttl: Duration,
         now: SystemTime,
     ) -> Result<CertificateDer<'static>, BuildError> {
+        if now >= self.not_after {
+            return Err(BuildError::BadIssuer(
+                "CA certificate has expired; it cannot sign".into(),
+            ));
+        }
         let mut params = ca_params(td, ttl, now)?;
-        params.not_after = to_offset((now + ttl).min(self.not_after));
+        params.not_after = to_offset(add_clamped(now, ttl).min(self.not_after));
         let cert = params
             .signed_by(public_key, &self.issuer)
             .map_err(|e| BuildError::Sign(e.to_string()))?;
@@ -215,7 +228,7 @@ fn ca_params(
     params.use_authority_key_identifier_extension = true;
     params.serial_number = Some(random_serial());
     params.not_before = to_offset(now.checked_sub(CLOCK_SKEW).unwrap_or(now));
-    params.not_after = to_offset(now + ttl);
+    params.not_after = to_offset(add_clamped(now, ttl));
     Ok(params)
 }
 
@@ -231,8 +244,19 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
+/// 9999-12-31T23:59:59Z: the latest time X.509 (RFC 5280 4.1.2.5) and `time` can express.
+const MAX_CERT_TIME: i64 = 253_402_300_799;
+
+/// `t + d`, saturating at [`MAX_CERT_TIME`] instead of panicking on huge TTLs.
+fn add_clamped(t: SystemTime, d: Duration) -> SystemTime {
+    let max = SystemTime::UNIX_EPOCH + Duration::from_secs(MAX_CERT_TIME.unsigned_abs());
+    t.checked_add(d).map_or(max, |end| end.min(max))
+}
+
+/// Whole seconds (certificates carry no fractions), clamped to what a certificate can hold.
 fn to_offset(t: SystemTime) -> OffsetDateTime {
-    OffsetDateTime::from(t)
+    OffsetDateTime::from_unix_timestamp(unix_secs(t).clamp(0, MAX_CERT_TIME))
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// Converts Unix seconds to a `SystemTime`, clamping negative values to the epoch.

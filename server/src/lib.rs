@@ -1,1 +1,23 @@
-//! placeholder
+//! Sigil server library: the certificate authority and control plane of a trust domain.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`datastore`]: the `DataStore` trait and its sled implementation.
+//! - [`ca`]: the signing CA and the own trust bundle.
+//! - [`registry`]: in-memory entries, agent authorization and change broadcast.
+//! - [`api`]: gRPC services (agent-facing `Node` and sync, admin services).
+//! - [`convert`]: wire <-> record conversion and input validation.
+//! - [`status`]: the one mapping of errors to gRPC status codes.
+//! - [`serve`]: wiring of listeners, TLS and background tasks.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod ca;
+pub mod client;
+pub mod config;
+pub mod convert;
+pub mod datastore;
+pub mod registry;
+pub mod serve;
+pub mod state;
+pub mod status;

@@ -1,0 +1,262 @@
+//! Agent-facing API: node attestation, agent SVID renewal and workload SVID signing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use sigil_core::keys::{self, KeyError};
+use sigil_core::x509::unix_secs;
+use sigil_core::{SelectorSet, SpiffeId};
+use sigil_proto::sigil::v1 as pb;
+use tonic::{Code, Request, Response, Status};
+
+use crate::convert::bundle_to_pb;
+use crate::datastore::{AgentRecord, StoreError};
+use crate::state::State;
+use crate::status::ApiError;
+
+/// Implements `sigil.v1.Node`.
+#[derive(Clone, Debug)]
+pub struct Node(pub Arc<State>);
+
+/// The join-token node attestor's name, as in agent IDs.
+pub const JOIN_TOKEN: &str = "join_token";
+
+fn csr_error(field: &'static str, e: KeyError) -> ApiError {
+    ApiError::invalid(field, e)
+}
+
+fn serial_and_expiry(leaf: &CertificateDer<'_>) -> (String, i64) {
+    match x509_parser::parse_x509_certificate(leaf) {
+        Ok((_, c)) => (c.raw_serial_as_string(), c.validity().not_after.timestamp()),
+        Err(_) => (String::new(), 0),
+    }
+}
+
+fn svid_pb(id: &SpiffeId, chain: &[CertificateDer<'static>]) -> pb::X509Svid {
+    let expires_at = chain.first().map(|c| serial_and_expiry(c).1).unwrap_or(0);
+    pb::X509Svid {
+        spiffe_id: id.to_string(),
+        cert_chain: chain.iter().map(|c| c.to_vec()).collect(),
+        expires_at,
+    }
+}
+
+impl Node {
+    /// Identifies the calling agent from its mTLS certificate and checks it is still allowed.
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, ApiError> {
+        let certs = req
+            .peer_certs()
+            .ok_or_else(|| ApiError::Unauthenticated("an agent SVID is required".into()))?;
+        let id = sigil_core::tls::peer_id(&certs)
+            .ok_or_else(|| ApiError::Unauthenticated("peer certificate has no SPIFFE ID".into()))?;
+        if id.trust_domain() != &self.0.cfg.trust_domain || !id.path().starts_with("/sigil/agent/")
+        {
+            return Err(ApiError::PermissionDenied(format!("{id} is not an agent")));
+        }
+        let idc = id.clone();
+        let agent = self.0.store(move |s| s.get_agent(&idc)).await?;
+        match agent {
+            None => Err(ApiError::PermissionDenied(format!(
+                "agent {id} is not attested (evicted?)"
+            ))),
+            Some(a) if a.banned => Err(ApiError::PermissionDenied(format!("agent {id} is banned"))),
+            Some(a) => Ok(a),
+        }
+    }
+
+    fn agent_ttl(&self) -> Duration {
+        self.0.cfg.default_x509_svid_ttl
+    }
+}
+
+#[tonic::async_trait]
+impl pb::node_server::Node for Node {
+    async fn attest(
+        &self,
+        req: Request<pb::AttestRequest>,
+    ) -> Result<Response<pb::AttestResponse>, Status> {
+        let st = &self.0;
+        let r = req.into_inner();
+        if r.attestation_type != JOIN_TOKEN {
+            return Err(ApiError::invalid(
+                "attestation_type",
+                format!(
+                    "{:?} is not supported (supported: join_token)",
+                    r.attestation_type
+                ),
+            )
+            .into());
+        }
+        let token = String::from_utf8(r.attestation_data)
+            .map_err(|_| ApiError::invalid("attestation_data", "join token is not UTF-8"))?;
+        let key = keys::parse_csr(&r.csr).map_err(|e| csr_error("csr", e))?;
+        let denied = || Status::permission_denied("join token is invalid, expired or already used");
+        if token.is_empty()
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(denied());
+        }
+        let id = st
+            .cfg
+            .trust_domain
+            .id_with_path(&format!("/sigil/agent/{JOIN_TOKEN}/{token}"))
+            .map_err(|_| denied())?;
+        let now = st.now();
+        let chain = st
+            .ca
+            .sign_x509_svid(&key, &id, &[], self.agent_ttl(), now)
+            .map_err(ApiError::from)?;
+        let (serial, expires) = chain.first().map(serial_and_expiry).unwrap_or_default();
+        let record = AgentRecord {
+            id: id.clone(),
+            attestation_type: JOIN_TOKEN.into(),
+            x509_svid_serial: serial,
+            x509_svid_expires_at: expires,
+            selectors: vec![],
+            banned: false,
+            created_at: unix_secs(now),
+        };
+        let now_s = unix_secs(now);
+        let _w = st.write_lock.lock().await;
+        match st
+            .store(move |s| s.attest_join_token(&token, now_s, record))
+            .await
+        {
+            Ok(()) => {}
+            Err(ApiError::Store(StoreError::NotFound(_) | StoreError::Expired(_))) => {
+                tracing::warn!("node attestation refused: bad join token");
+                return Err(denied());
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let rev = st.store(|s| s.revision()).await?;
+        st.registry.bump(rev);
+        tracing::info!(agent_id = %id, "agent attested");
+        Ok(Response::new(pb::AttestResponse {
+            svid: Some(svid_pb(&id, &chain)),
+            bundle: Some(bundle_to_pb(&st.ca.bundle())),
+        }))
+    }
+
+    async fn renew_agent(
+        &self,
+        req: Request<pb::RenewAgentRequest>,
+    ) -> Result<Response<pb::RenewAgentResponse>, Status> {
+        let mut agent = self.authenticate(&req).await?;
+        let st = &self.0;
+        let key = keys::parse_csr(&req.into_inner().csr).map_err(|e| csr_error("csr", e))?;
+        let chain = st
+            .ca
+            .sign_x509_svid(&key, &agent.id, &[], self.agent_ttl(), st.now())
+            .map_err(ApiError::from)?;
+        let (serial, expires) = chain.first().map(serial_and_expiry).unwrap_or_default();
+        agent.x509_svid_serial = serial;
+        agent.x509_svid_expires_at = expires;
+        let id = agent.id.clone();
+        let _w = st.write_lock.lock().await;
+        st.store(move |s| s.put_agent(agent)).await?;
+        tracing::info!(agent_id = %id, "agent SVID renewed");
+        Ok(Response::new(pb::RenewAgentResponse {
+            svid: Some(svid_pb(&id, &chain)),
+        }))
+    }
+
+    async fn batch_sign_x509_svid(
+        &self,
+        req: Request<pb::BatchSignX509SvidRequest>,
+    ) -> Result<Response<pb::BatchSignX509SvidResponse>, Status> {
+        let agent = self.authenticate(&req).await?;
+        let st = &self.0;
+        let params = req.into_inner().params;
+        if params.is_empty() {
+            return Err(ApiError::invalid("params", "at least one CSR is required").into());
+        }
+        if params.len() > 500 {
+            return Err(ApiError::invalid("params", "at most 500 CSRs per batch").into());
+        }
+        let sels: SelectorSet = agent.selectors.iter().cloned().collect();
+        let authorized = st.registry.authorized(&agent.id, &sels);
+        let now = st.now();
+        let now_s = unix_secs(now);
+        let mut results = Vec::with_capacity(params.len());
+        for p in params {
+            let fail = |code: Code, msg: String| pb::SignX509SvidResult {
+                entry_id: p.entry_id.clone(),
+                svid: None,
+                error: msg,
+                code: code as i32,
+            };
+            let Some(entry) = authorized.get(&p.entry_id) else {
+                results.push(fail(
+                    Code::PermissionDenied,
+                    format!(
+                        "entry_id: agent is not authorized for entry {:?}",
+                        p.entry_id
+                    ),
+                ));
+                continue;
+            };
+            if entry.expires_at != 0 && entry.expires_at <= now_s {
+                results.push(fail(
+                    Code::PermissionDenied,
+                    "entry_id: entry has expired".into(),
+                ));
+                continue;
+            }
+            let key = match keys::parse_csr(&p.csr) {
+                Ok(k) => k,
+                Err(e) => {
+                    results.push(fail(Code::InvalidArgument, format!("csr: {e}")));
+                    continue;
+                }
+            };
+            let ttl = if entry.x509_svid_ttl == 0 {
+                st.cfg.default_x509_svid_ttl
+            } else {
+                Duration::from_secs(entry.x509_svid_ttl)
+            };
+            match st
+                .ca
+                .sign_x509_svid(&key, &entry.spiffe_id, &entry.dns_names, ttl, now)
+            {
+                Ok(chain) => results.push(pb::SignX509SvidResult {
+                    entry_id: p.entry_id.clone(),
+                    svid: Some(svid_pb(&entry.spiffe_id, &chain)),
+                    error: String::new(),
+                    code: 0,
+                }),
+                Err(e) => {
+                    tracing::error!(error = %e, entry_id = %p.entry_id, "signing failed");
+                    results.push(fail(Code::Internal, "signing failed".into()));
+                }
+            }
+        }
+        Ok(Response::new(pb::BatchSignX509SvidResponse { results }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        req: Request<pb::MintJwtSvidRequest>,
+    ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
+        self.authenticate(&req).await?;
+        Err(ApiError::Unimplemented("JWT-SVIDs are not yet supported by this server").into())
+    }
+
+    type SyncStream = crate::api::sync::SyncStream;
+
+    async fn sync(
+        &self,
+        req: Request<pb::SyncRequest>,
+    ) -> Result<Response<Self::SyncStream>, Status> {
+        let agent = self.authenticate(&req).await?;
+        let last = req.into_inner().last_revision;
+        Ok(Response::new(crate::api::sync::start(
+            Arc::clone(&self.0),
+            agent,
+            last,
+        )))
+    }
+}

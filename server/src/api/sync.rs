@@ -1,0 +1,189 @@
+//! The sync stream: a snapshot of an agent's authorized entries and bundles, then a delta on
+//! every change. Each message holds at most [`PAGE`] entries so no message nears gRPC's 4 MiB
+//! limit however many entries an agent has.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use sigil_core::{Bundle, SelectorSet, TrustDomain};
+use sigil_proto::sigil::v1 as pb;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Status;
+
+use crate::convert::{bundle_to_pb, entry_to_pb};
+use crate::datastore::AgentRecord;
+use crate::registry::Authorized;
+use crate::state::State;
+
+/// Entries per sync message.
+pub const PAGE: usize = 500;
+
+/// The stream type returned to tonic.
+pub type SyncStream = ReceiverStream<Result<pb::SyncResponse, Status>>;
+
+/// Starts the per-agent sync task and returns its stream.
+pub fn start(state: Arc<State>, agent: AgentRecord, last_revision: u64) -> SyncStream {
+    let (tx, rx) = mpsc::channel(8);
+    tokio::spawn(async move {
+        let id = agent.id.clone();
+        if let Err(e) = run(state, agent, last_revision, &tx).await {
+            tracing::debug!(agent_id = %id, error = %e, "sync stream ended");
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncEnd {
+    #[error("agent went away")]
+    Closed,
+    #[error("agent no longer allowed: {0}")]
+    Denied(String),
+}
+
+type Tx = mpsc::Sender<Result<pb::SyncResponse, Status>>;
+
+async fn send(tx: &Tx, msg: pb::SyncResponse) -> Result<(), SyncEnd> {
+    tx.send(Ok(msg)).await.map_err(|_| SyncEnd::Closed)
+}
+
+/// Federated bundles the agent's entries ask for, sorted by trust domain.
+async fn federated(state: &State, auth: &Authorized) -> Vec<pb::Bundle> {
+    let wanted: std::collections::BTreeSet<TrustDomain> = auth
+        .values()
+        .flat_map(|e| e.federates_with.iter().cloned())
+        .collect();
+    if wanted.is_empty() {
+        return Vec::new();
+    }
+    let all = state.store(|s| s.list_bundles()).await.unwrap_or_default();
+    let mut out = BTreeMap::new();
+    for (td, doc) in all {
+        if wanted.contains(&td)
+            && let Ok(b) = Bundle::from_spiffe_json(td.clone(), &doc)
+        {
+            out.insert(td, bundle_to_pb(&b));
+        }
+    }
+    out.into_values().collect()
+}
+
+async fn run(
+    state: Arc<State>,
+    agent: AgentRecord,
+    last_revision: u64,
+    tx: &Tx,
+) -> Result<(), SyncEnd> {
+    let sels: SelectorSet = agent.selectors.iter().cloned().collect();
+    let mut rev_rx = state.registry.subscribe();
+    let rev = *rev_rx.borrow_and_update();
+    let auth = state.registry.authorized(&agent.id, &sels);
+    let bundle = state.ca.bundle();
+    let fed = federated(&state, &auth).await;
+
+    // Snapshot (possibly resumed: entries unchanged since `last_revision` go by ID only).
+    let mut sent: HashMap<String, u64> = HashMap::with_capacity(auth.len());
+    let mut entries: Vec<_> = auth.values().collect();
+    entries.sort_by(|a, b| a.id.cmp(&b.id));
+    let pages: Vec<_> = entries.chunks(PAGE).collect();
+    let n = pages.len().max(1);
+    for i in 0..n {
+        let page = pages.get(i).copied().unwrap_or(&[]);
+        let mut msg = pb::SyncResponse {
+            reset: i == 0,
+            complete: i + 1 == n,
+            ..Default::default()
+        };
+        for e in page {
+            sent.insert(e.id.clone(), e.revision);
+            if last_revision > 0 && e.revision <= last_revision {
+                msg.unchanged_entry_ids.push(e.id.clone());
+            } else {
+                msg.upserts.push(entry_to_pb(e));
+            }
+        }
+        if msg.complete {
+            msg.revision = rev;
+            msg.bundle = Some(bundle_to_pb(&bundle));
+            msg.federated_bundles = fed.clone();
+            msg.federated_bundles_changed = true;
+        }
+        send(tx, msg).await?;
+    }
+    let mut sent_bundle_seq = bundle.sequence;
+    let mut sent_fed = fed;
+
+    loop {
+        tokio::select! {
+            r = rev_rx.changed() => if r.is_err() { return Err(SyncEnd::Closed) },
+            _ = tx.closed() => return Err(SyncEnd::Closed),
+        }
+        let rev = *rev_rx.borrow_and_update();
+        let id = agent.id.clone();
+        match state.store(move |s| s.get_agent(&id)).await {
+            Ok(Some(a)) if !a.banned => {}
+            Ok(Some(_)) => return deny(tx, "agent is banned").await,
+            Ok(None) => return deny(tx, "agent was evicted").await,
+            Err(_) => continue,
+        }
+        let auth = state.registry.authorized(&agent.id, &sels);
+        let mut upserts: Vec<pb::Entry> = auth
+            .values()
+            .filter(|e| sent.get(&e.id) != Some(&e.revision))
+            .map(|e| entry_to_pb(e))
+            .collect();
+        upserts.sort_by(|a, b| a.id.cmp(&b.id));
+        let removed: Vec<String> = sent
+            .keys()
+            .filter(|k| !auth.contains_key(*k))
+            .cloned()
+            .collect();
+        let bundle = state.ca.bundle();
+        let bundle_changed = bundle.sequence != sent_bundle_seq;
+        let fed = federated(&state, &auth).await;
+        let fed_changed = fed != sent_fed;
+        if upserts.is_empty() && removed.is_empty() && !bundle_changed && !fed_changed {
+            continue;
+        }
+        for e in &upserts {
+            sent.insert(e.id.clone(), e.revision);
+        }
+        for r in &removed {
+            sent.remove(r);
+        }
+        let mut chunks: Vec<Vec<pb::Entry>> = upserts.chunks(PAGE).map(<[_]>::to_vec).collect();
+        if chunks.is_empty() {
+            chunks.push(Vec::new());
+        }
+        let last = chunks.len() - 1;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let mut msg = pb::SyncResponse {
+                upserts: chunk,
+                complete: i == last,
+                ..Default::default()
+            };
+            if i == last {
+                msg.revision = rev;
+                msg.removed_entry_ids = removed.clone();
+                if bundle_changed {
+                    msg.bundle = Some(bundle_to_pb(&bundle));
+                }
+                if fed_changed {
+                    msg.federated_bundles = fed.clone();
+                    msg.federated_bundles_changed = true;
+                }
+            }
+            send(tx, msg).await?;
+        }
+        sent_bundle_seq = bundle.sequence;
+        sent_fed = fed;
+    }
+}
+
+async fn deny(tx: &Tx, why: &str) -> Result<(), SyncEnd> {
+    let _ = tx
+        .send(Err(Status::permission_denied(why.to_owned())))
+        .await;
+    Err(SyncEnd::Denied(why.to_owned()))
+}

@@ -1,0 +1,342 @@
+//! Server configuration: a TOML file whose every key has a default, overridable by flags.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use sigil_core::TrustDomain;
+use sigil_core::keys::KeyType;
+
+/// Why a configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TOML syntax error or unknown key (the message names it).
+    #[error("parsing config: {0}")]
+    Parse(String),
+    /// A value is out of range; the message names the key.
+    #[error("invalid config value for {key}: {reason}")]
+    Invalid {
+        /// Offending key.
+        key: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The `[upstream_authority.disk]` table: an existing CA that signs our intermediate.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DiskAuthority {
+    /// PEM certificate of the upstream CA.
+    pub cert_file: PathBuf,
+    /// PEM PKCS#8 private key of the upstream CA.
+    pub key_file: PathBuf,
+    /// PEM roots to publish as our trust bundle (defaults to `cert_file`).
+    #[serde(default)]
+    pub bundle_file: Option<PathBuf>,
+}
+
+/// The `upstream_authority` table.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuthority {
+    /// Disk-based upstream CA.
+    pub disk: DiskAuthority,
+}
+
+/// Raw file contents; every field optional so defaults apply.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    trust_domain: Option<String>,
+    bind_address: Option<String>,
+    admin_socket_path: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    ca_key_type: Option<String>,
+    ca_ttl: Option<String>,
+    default_x509_svid_ttl: Option<String>,
+    default_jwt_svid_ttl: Option<String>,
+    jwt_issuer: Option<String>,
+    log_level: Option<String>,
+    log_format: Option<String>,
+    upstream_authority: Option<UpstreamAuthority>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Trust domain this server is the CA of (required).
+    pub trust_domain: TrustDomain,
+    /// Agent-facing gRPC listener. Default `0.0.0.0:8081`.
+    pub bind_address: SocketAddr,
+    /// Admin API socket. Default `/tmp/sigil-server/private/api.sock`.
+    pub admin_socket_path: PathBuf,
+    /// Where the sled store lives. Default `./.data/server`.
+    pub data_dir: PathBuf,
+    /// CA key algorithm. Default `ec-p256`.
+    pub ca_key_type: KeyType,
+    /// Lifetime of a self-signed CA. Default 24h.
+    pub ca_ttl: Duration,
+    /// X.509-SVID lifetime when an entry sets none. Default 1h.
+    pub default_x509_svid_ttl: Duration,
+    /// JWT-SVID lifetime when an entry sets none. Default 5m.
+    pub default_jwt_svid_ttl: Duration,
+    /// `iss` claim of JWT-SVIDs; none by default.
+    pub jwt_issuer: Option<String>,
+    /// tracing filter. Default `info`.
+    pub log_level: String,
+    /// Default text.
+    pub log_format: LogFormat,
+    /// Optional upstream CA.
+    pub upstream_authority: Option<UpstreamAuthority>,
+}
+
+/// Command-line values that take precedence over the file.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--trust-domain`.
+    pub trust_domain: Option<String>,
+    /// `--bind-address`.
+    pub bind_address: Option<String>,
+    /// `--admin-socket-path`.
+    pub admin_socket_path: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
+}
+
+/// Default agent-facing address, as SPIRE's.
+pub const DEFAULT_BIND: &str = "0.0.0.0:8081";
+/// Default admin socket path, mirroring SPIRE's layout.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/tmp/sigil-server/private/api.sock";
+
+impl Config {
+    /// Loads `path` (if given) and applies `overrides`.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> Result<Self, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_owned(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        Self::from_toml(&text, overrides)
+    }
+
+    /// Parses TOML text and applies `overrides`.
+    pub fn from_toml(text: &str, o: Overrides) -> Result<Self, ConfigError> {
+        let f: FileConfig = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let td = o
+            .trust_domain
+            .or(f.trust_domain)
+            .ok_or(ConfigError::Invalid {
+                key: "trust_domain",
+                reason: "is required".into(),
+            })?;
+        let trust_domain = TrustDomain::new(&td).map_err(|e| ConfigError::Invalid {
+            key: "trust_domain",
+            reason: e.to_string(),
+        })?;
+        let bind = o
+            .bind_address
+            .or(f.bind_address)
+            .unwrap_or_else(|| DEFAULT_BIND.into());
+        let bind_address = bind.parse().map_err(|e| ConfigError::Invalid {
+            key: "bind_address",
+            reason: format!("{bind:?}: {e}"),
+        })?;
+        let ca_key_type = match f.ca_key_type.as_deref() {
+            None => KeyType::EcP256,
+            Some(s) => KeyType::parse(s).ok_or_else(|| ConfigError::Invalid {
+                key: "ca_key_type",
+                reason: format!("{s:?} is not one of ec-p256, ec-p384"),
+            })?,
+        };
+        let log_format = match o.log_format.or(f.log_format).as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    key: "log_format",
+                    reason: format!("{other:?} is not text or json"),
+                });
+            }
+        };
+        let cfg = Self {
+            trust_domain,
+            bind_address,
+            admin_socket_path: o
+                .admin_socket_path
+                .or(f.admin_socket_path)
+                .unwrap_or_else(|| DEFAULT_ADMIN_SOCKET.into()),
+            data_dir: o
+                .data_dir
+                .or(f.data_dir)
+                .unwrap_or_else(|| PathBuf::from(".data/server")),
+            ca_key_type,
+            ca_ttl: duration(
+                "ca_ttl",
+                f.ca_ttl.as_deref(),
+                Duration::from_secs(24 * 3600),
+            )?,
+            default_x509_svid_ttl: duration(
+                "default_x509_svid_ttl",
+                f.default_x509_svid_ttl.as_deref(),
+                Duration::from_secs(3600),
+            )?,
+            default_jwt_svid_ttl: duration(
+                "default_jwt_svid_ttl",
+                f.default_jwt_svid_ttl.as_deref(),
+                Duration::from_secs(300),
+            )?,
+            jwt_issuer: f.jwt_issuer,
+            log_level: o.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
+            log_format,
+            upstream_authority: f.upstream_authority,
+        };
+        if cfg.default_x509_svid_ttl >= cfg.ca_ttl {
+            return Err(ConfigError::Invalid {
+                key: "default_x509_svid_ttl",
+                reason: "must be shorter than ca_ttl".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+fn duration(
+    key: &'static str,
+    v: Option<&str>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => match parse_duration(s) {
+            Some(d) if !d.is_zero() => Ok(d),
+            _ => Err(ConfigError::Invalid {
+                key,
+                reason: format!("{s:?} is not a positive duration like 90s, 10m, 1h"),
+            }),
+        },
+    }
+}
+
+/// Parses `90s`, `10m`, `1h`, `2h30m`, `1d` or bare seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<u64>() {
+        return Some(Duration::from_secs(n));
+    }
+    let mut total = 0u64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+    }
+    if !num.is_empty() {
+        return None;
+    }
+    Some(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_toml("trust_domain = \"example.org\"", Overrides::default()).unwrap();
+        assert_eq!(c.bind_address.to_string(), "0.0.0.0:8081");
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+        assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(c.ca_key_type, KeyType::EcP256);
+        assert_eq!(c.admin_socket_path, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::from_toml("trust_domain = \"a\"\nbogus = 1", Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        for (toml, key) in [
+            ("trust_domain = \"Bad TD\"", "trust_domain"),
+            ("trust_domain = \"a\"\nca_ttl = \"soon\"", "ca_ttl"),
+            ("trust_domain = \"a\"\nca_key_type = \"dsa\"", "ca_key_type"),
+            (
+                "trust_domain = \"a\"\nbind_address = \"nowhere\"",
+                "bind_address",
+            ),
+            ("", "trust_domain"),
+        ] {
+            let e = Config::from_toml(toml, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{toml}: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let o = Overrides {
+            trust_domain: Some("b.org".into()),
+            bind_address: Some("127.0.0.1:0".into()),
+            ..Default::default()
+        };
+        let c = Config::from_toml("trust_domain = \"a.org\"", o).unwrap();
+        assert_eq!(c.trust_domain.as_str(), "b.org");
+        assert_eq!(c.bind_address.port(), 0);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("2h30m"), Some(Duration::from_secs(9000)));
+        assert_eq!(parse_duration("45"), Some(Duration::from_secs(45)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86400)));
+        assert_eq!(parse_duration("10x"), None);
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("5m3"), None);
+    }
+}
