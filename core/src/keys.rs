@@ -141,6 +141,181 @@ mod tests {
         assert!(matches!(parse_csr(b"garbage"), Err(KeyError::MalformedCsr)));
     }
 
+    /// DER TLV with a definite length.
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match body.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(body);
+        out
+    }
+
+    const ECDSA_WITH_SHA256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+    const ECDSA_WITH_SHA384: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+
+    /// ECDSA by hand, so tests can pair any curve with any hash (ring signs only P-256/SHA-256
+    /// and P-384/SHA-384). `key` is an rcgen key pair; `digest` the message hash.
+    fn ecdsa_sign(key: &KeyPair, digest: &[u8]) -> Vec<u8> {
+        use x509_parser::num_bigint::BigUint;
+        let (order_hex, len) = if key.algorithm() == &PKCS_ECDSA_P256_SHA256 {
+            (
+                "ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551",
+                32,
+            )
+        } else {
+            (
+                "ffffffffffffffffffffffffffffffffffffffffffffffffc7634d81f4372ddf\
+                 581a0db248b0a77aecec196accc52973",
+                48,
+            )
+        };
+        let n = BigUint::parse_bytes(order_hex.as_bytes(), 16).unwrap();
+        // The private scalar sits in the PKCS#8 ECPrivateKey after `02 01 01 04 <len>`.
+        let scalar = |k: &KeyPair| {
+            let der = k.serialize_der();
+            let at = der
+                .windows(5)
+                .position(|w| w == [0x02, 0x01, 0x01, 0x04, len as u8])
+                .unwrap();
+            BigUint::from_bytes_be(&der[at + 5..at + 5 + len])
+        };
+        let d = scalar(key);
+        // A fresh key pair is a nonce k together with the point kG.
+        let eph = KeyPair::generate_for(key.algorithm()).unwrap();
+        let k = scalar(&eph);
+        let r = BigUint::from_bytes_be(&eph.public_key_raw()[1..=len]) % &n;
+        let e = BigUint::from_bytes_be(&digest[..digest.len().min(len)]);
+        let k_inv = k.modpow(&(&n - 2u32), &n);
+        let s = (k_inv * ((e + &r * d) % &n)) % &n;
+        let int = |v: &BigUint| {
+            let mut b = v.to_bytes_be();
+            if b[0] & 0x80 != 0 {
+                b.insert(0, 0);
+            }
+            tlv(0x02, &b)
+        };
+        tlv(0x30, &[int(&r), int(&s)].concat())
+    }
+
+    /// A CSR for `spki` with an empty subject, signed by `signer` with `hash`, labelled
+    /// `sig_alg`: lets tests pick curve/hash combinations rcgen does not produce.
+    fn hand_made_csr(
+        spki: &[u8],
+        signer: &KeyPair,
+        hash: &'static ring::digest::Algorithm,
+        sig_alg: &[u8],
+    ) -> Vec<u8> {
+        let info = tlv(
+            0x30,
+            &[&[0x02, 0x01, 0x00][..], &[0x30, 0x00], spki, &[0xa0, 0x00]].concat(),
+        );
+        let sig = ecdsa_sign(signer, ring::digest::digest(hash, &info).as_ref());
+        let mut bits = vec![0x00];
+        bits.extend_from_slice(&sig);
+        tlv(0x30, &[info, tlv(0x30, sig_alg), tlv(0x03, &bits)].concat())
+    }
+
+    #[test]
+    fn hand_made_csrs_verify() {
+        // The builder itself is sound: the usual pairings are accepted.
+        use ring::digest::{SHA256, SHA384};
+        for (kind, hash, oid) in [
+            (KeyType::EcP256, &SHA256, ECDSA_WITH_SHA256),
+            (KeyType::EcP384, &SHA384, ECDSA_WITH_SHA384),
+        ] {
+            let key = generate(kind).unwrap();
+            let spki = key.subject_public_key_info();
+            let parsed = parse_csr(&hand_made_csr(&spki, &key, hash, oid)).unwrap();
+            assert_eq!(parsed.spki_der(), spki);
+        }
+    }
+
+    #[test]
+    fn csr_key_algorithm_comes_from_the_key_not_the_signature() {
+        use ring::digest::{SHA256, SHA384};
+        // A P-256 key signing its CSR with SHA-384 (allowed, and what some tools do).
+        let key = generate(KeyType::EcP256).unwrap();
+        let spki = key.subject_public_key_info();
+        let parsed = parse_csr(&hand_made_csr(&spki, &key, &SHA384, ECDSA_WITH_SHA384)).unwrap();
+        assert_eq!(parsed.spki_der(), spki, "a P-256 key stays a P-256 key");
+        assert_eq!(PublicKeyData::algorithm(&parsed), &PKCS_ECDSA_P256_SHA256);
+        // And a P-384 key signing with SHA-256.
+        let key = generate(KeyType::EcP384).unwrap();
+        let spki = key.subject_public_key_info();
+        let parsed = parse_csr(&hand_made_csr(&spki, &key, &SHA256, ECDSA_WITH_SHA256)).unwrap();
+        assert_eq!(parsed.spki_der(), spki);
+        assert_eq!(PublicKeyData::algorithm(&parsed), &PKCS_ECDSA_P384_SHA384);
+        assert!(!parsed.is_rsa());
+    }
+
+    #[test]
+    fn csr_signed_by_another_key_is_refused() {
+        use ring::digest::SHA256;
+        let claimed = generate(KeyType::EcP256).unwrap();
+        let signer = generate(KeyType::EcP256).unwrap();
+        let csr = hand_made_csr(
+            &claimed.subject_public_key_info(),
+            &signer,
+            &SHA256,
+            ECDSA_WITH_SHA256,
+        );
+        assert!(matches!(parse_csr(&csr), Err(KeyError::BadCsrSignature)));
+        // Right key, wrong hash label.
+        let csr = hand_made_csr(
+            &claimed.subject_public_key_info(),
+            &claimed,
+            &SHA256,
+            ECDSA_WITH_SHA384,
+        );
+        assert!(matches!(parse_csr(&csr), Err(KeyError::BadCsrSignature)));
+    }
+
+    #[test]
+    fn tampered_csrs_are_refused() {
+        for kind in [KeyType::EcP256, KeyType::EcP384] {
+            let key = generate(kind).unwrap();
+            let der = csr_der(&key).unwrap();
+            assert_eq!(
+                parse_csr(&der).unwrap().spki_der(),
+                key.subject_public_key_info()
+            );
+
+            // Last byte of the signature: still well-formed DER, wrong signature.
+            let mut bad = der.clone();
+            *bad.last_mut().unwrap() ^= 0x01;
+            assert!(matches!(parse_csr(&bad), Err(KeyError::BadCsrSignature)));
+
+            // A byte of the public key: the signature no longer matches what was signed.
+            let spki = key.subject_public_key_info();
+            let at = der.windows(spki.len()).position(|w| w == spki).unwrap();
+            let mut bad = der.clone();
+            bad[at + spki.len() - 1] ^= 0x01;
+            assert!(matches!(parse_csr(&bad), Err(KeyError::BadCsrSignature)));
+
+            // Truncated, or with bytes after the CSR.
+            assert!(matches!(
+                parse_csr(&der[..der.len() - 1]),
+                Err(KeyError::MalformedCsr)
+            ));
+            let mut long = der.clone();
+            long.push(0);
+            assert!(matches!(parse_csr(&long), Err(KeyError::MalformedCsr)));
+            assert!(matches!(parse_csr(&[]), Err(KeyError::MalformedCsr)));
+        }
+    }
+
+    #[test]
+    fn key_type_parse() {
+        assert_eq!(KeyType::parse("ec-p256"), Some(KeyType::EcP256));
+        assert_eq!(KeyType::parse("ec-p384"), Some(KeyType::EcP384));
+        assert_eq!(KeyType::parse("rsa-2048"), None);
+        assert_eq!(KeyType::default(), KeyType::EcP256);
+        assert!(from_pkcs8(b"junk").is_err());
+    }
+
     #[test]
     fn p384_keys() {
         let key = generate(KeyType::EcP384).unwrap();

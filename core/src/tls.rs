@@ -374,3 +374,65 @@ pub fn client_config(
 pub fn peer_id(certs: &[CertificateDer<'_>]) -> Option<SpiffeId> {
     certs.first().and_then(|c| leaf_spiffe_id(c).ok())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn authorizers() {
+        let web = id("spiffe://example.org/web");
+        let db = id("spiffe://example.org/db");
+        let foreign = id("spiffe://other.org/web");
+        let td = TrustDomain::new("example.org").unwrap();
+
+        assert!(Authorizer::Any.allows(&foreign));
+        assert!(Authorizer::Exact(web.clone()).allows(&web));
+        assert!(!Authorizer::Exact(web.clone()).allows(&db));
+        assert!(!Authorizer::Exact(web.clone()).allows(&foreign));
+        let one_of = Authorizer::OneOf(vec![web.clone(), db.clone()]);
+        assert!(one_of.allows(&web) && one_of.allows(&db) && !one_of.allows(&foreign));
+        assert!(!Authorizer::OneOf(vec![]).allows(&web));
+        let member = Authorizer::MemberOf(td);
+        assert!(member.allows(&web) && member.allows(&db) && !member.allows(&foreign));
+        let pred = Authorizer::Predicate(Arc::new(|i: &SpiffeId| i.path() == "/db"));
+        assert!(pred.allows(&db) && !pred.allows(&web));
+        assert_eq!(format!("{pred:?}"), "Predicate");
+        assert_eq!(
+            format!("{:?}", Authorizer::Exact(web)),
+            "Exact(spiffe://example.org/web)"
+        );
+    }
+
+    #[test]
+    fn empty_trust_store_trusts_nothing() {
+        let store = TrustStore::new();
+        let td = TrustDomain::new("example.org").unwrap();
+        assert!(store.roots(&td).is_none());
+        store.set(td.clone(), vec![]);
+        assert_eq!(store.roots(&td), Some(vec![]));
+        assert_eq!(
+            store.verify(&[], SystemTime::now()),
+            Err(SvidError::EmptyChain)
+        );
+        // Clones share the roots.
+        let clone = store.clone();
+        store.remove(&td);
+        assert!(clone.roots(&td).is_none());
+    }
+
+    #[test]
+    fn resolver_debug_redacts_the_key() {
+        assert_eq!(
+            format!("{:?}", SvidResolver::new()),
+            "SvidResolver(<key redacted>)"
+        );
+        assert!(!rustls::client::ResolvesClientCert::has_certs(
+            &SvidResolver::new()
+        ));
+    }
+}
