@@ -14,6 +14,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Workload API certificate and key fields are `Bytes` so the agent shares one buffer
+        // across every subscriber instead of copying it per stream.
+        .bytes(".X509SVID")
+        .bytes(".X509SVIDResponse")
+        .bytes(".X509BundlesResponse")
+        .bytes(".JWTBundlesResponse")
         .compile_fds(fds)?;
     Ok(())
 }

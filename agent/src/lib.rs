@@ -1,1 +1,23 @@
-//! placeholder
+//! Sigil agent library: node attestation, SVID cache and rotation, workload attestation and
+//! the SPIFFE Workload API.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration and its defaults.
+//! - [`node`]: the agent's own identity and its mTLS channel to the server.
+//! - [`sync`]: the push-sync stream from the server, applied to the cache.
+//! - [`cache`]: entries, SVIDs and bundles as watchable snapshots.
+//! - [`rotate`]: issuing and renewing workload SVIDs.
+//! - [`peer`], [`attestation`]: who is calling the socket.
+//! - [`workload_api`]: the SPIFFE Workload API service.
+//! - [`serve`]: wiring of sockets and background tasks.
+#![forbid(unsafe_code)]
+
+pub mod attestation;
+pub mod cache;
+pub mod config;
+pub mod node;
+pub mod peer;
+pub mod rotate;
+pub mod serve;
+pub mod sync;
+pub mod workload_api;

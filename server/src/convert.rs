@@ -21,6 +21,9 @@ pub fn entry_from_pb(e: pb::Entry, td: &TrustDomain) -> Result<Entry, ApiError> 
             format!("must be in trust domain {td}"),
         ));
     }
+    if is_reserved(&spiffe_id) {
+        return Err(ApiError::invalid("spiffe_id", RESERVED_MSG));
+    }
     let parent_id =
         SpiffeId::parse(&e.parent_id).map_err(|err| ApiError::invalid("parent_id", err))?;
     if parent_id.trust_domain() != td {
@@ -86,6 +89,16 @@ pub fn entry_from_pb(e: pb::Entry, td: &TrustDomain) -> Result<Entry, ApiError> 
         created_at: 0,
         revision: 0,
     })
+}
+
+/// Why a reserved ID is refused as an entry's (or a node alias's) identity.
+pub const RESERVED_MSG: &str =
+    "the /sigil/ namespace is reserved for Sigil's own server and agent identities";
+
+/// True for IDs under `/sigil`, which name the server and agents: an entry granting one would
+/// let a workload impersonate the server or another agent.
+pub fn is_reserved(id: &SpiffeId) -> bool {
+    id.path() == "/sigil" || id.path().starts_with("/sigil/")
 }
 
 /// Parses wire selectors, naming the field on error.

@@ -233,6 +233,13 @@ impl pb::tokens_server::Tokens for Admin {
                 )
                 .into());
             }
+            if crate::convert::is_reserved(&id) {
+                return Err(ApiError::invalid(
+                    "agent_alias_spiffe_id",
+                    crate::convert::RESERVED_MSG,
+                )
+                .into());
+            }
             Some(crate::datastore::Entry {
                 id: String::new(),
                 spiffe_id: id,

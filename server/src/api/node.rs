@@ -121,6 +121,16 @@ impl pb::node_server::Node for Node {
         };
         let now_s = unix_secs(now);
         let _w = st.write_lock.lock().await;
+        // A banned agent stays banned: a new token with the same value must not re-admit it
+        // (only deleting the record, i.e. eviction, does). Checked under the write lock, which
+        // bans also take.
+        let idc = id.clone();
+        if let Some(existing) = st.store(move |s| s.get_agent(&idc)).await?
+            && existing.banned
+        {
+            tracing::warn!(agent_id = %id, "node attestation refused: agent is banned");
+            return Err(denied());
+        }
         match st
             .store(move |s| s.attest_join_token(&token, now_s, record))
             .await

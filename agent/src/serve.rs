@@ -1,0 +1,224 @@
+//! Wiring: joins the server, starts sync and rotation, and serves the Workload API on the
+//! public socket and health on the admin socket until shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sigil_proto::sigil::v1 as pb;
+use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::{Request, Response, Status};
+
+use crate::attestation::WorkloadAttestor;
+use crate::attestation::{UnixAttestor, UnixAttestorConfig};
+use crate::cache::Cache;
+use crate::config::Config;
+use crate::node::{NodeClient, NodeError};
+use crate::workload_api::{Attestor, WorkloadApi};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Joining the server failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// A socket could not be created.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
+    let what = what.into();
+    move |source| StartError::Io { what, source }
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Running {
+    /// Workload API socket.
+    pub socket_path: PathBuf,
+    /// The agent's SPIFFE ID.
+    pub agent_id: String,
+    /// Agent state (for in-process tests).
+    pub cache: Arc<Cache>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Stops every task and listener.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds a Unix socket after removing a stale file; refuses if another process serves it.
+fn bind(path: &Path, dir_mode: u32, sock_mode: u32) -> Result<UnixListener, StartError> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
+            .map_err(io(format!("chmod {}", dir.display())))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(StartError::Io {
+                what: format!("socket {}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "another agent is serving it",
+                ),
+            });
+        }
+        std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
+    }
+    let l = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(sock_mode))
+        .map_err(io(format!("chmod {}", path.display())))?;
+    Ok(l)
+}
+
+/// Health service on the admin socket.
+#[derive(Debug, Clone)]
+struct Health {
+    cache: Arc<Cache>,
+    td: String,
+}
+
+#[tonic::async_trait]
+impl pb::health_server::Health for Health {
+    async fn check(
+        &self,
+        _r: Request<pb::HealthCheckRequest>,
+    ) -> Result<Response<pb::HealthCheckResponse>, Status> {
+        let s = self.cache.current();
+        if s.denied {
+            return Err(Status::unavailable(
+                "the server refused this agent (banned or evicted)",
+            ));
+        }
+        Ok(Response::new(pb::HealthCheckResponse {
+            serving: s.bundle.is_some(),
+            trust_domain: self.td.clone(),
+            revision: s.revision,
+        }))
+    }
+}
+
+/// Starts the agent with `cfg`.
+pub async fn start(cfg: Config) -> Result<Running, StartError> {
+    let socket_path = cfg.socket_path.clone();
+    let admin_path = cfg.admin_socket_path.clone();
+    let attestor_cfg = UnixAttestorConfig {
+        discover_workload_path: cfg.discover_workload_path,
+        hash_binary: cfg.workload_binary_sha256,
+    };
+    let td = cfg.trust_domain.to_string();
+    // Bind first so a second agent on the same socket fails before touching the server.
+    let listener = bind(&socket_path, 0o755, 0o777)?;
+    let admin_listener = bind(&admin_path, 0o700, 0o600)?;
+
+    let (node, bundle) = NodeClient::establish(cfg).await?;
+    let node = Arc::new(node);
+    let agent_id = node.agent_id().map(|i| i.to_string()).unwrap_or_default();
+    let cache = Arc::new(Cache::new());
+    cache.set_bundle(bundle);
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(crate::sync::run(
+        Arc::clone(&node),
+        Arc::clone(&cache),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(crate::rotate::run(
+        Arc::clone(&node),
+        Arc::clone(&cache),
+        shutdown_rx.clone(),
+    )));
+    tasks.push(tokio::spawn(renew_agent(
+        Arc::clone(&node),
+        Arc::clone(&cache),
+        shutdown_rx.clone(),
+    )));
+
+    let attestors: Vec<Box<dyn WorkloadAttestor>> = vec![Box::new(UnixAttestor::new(attestor_cfg))];
+    let api = WorkloadApi::new(Arc::clone(&cache), Attestor::new(attestors));
+    let mut sd = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(SpiffeWorkloadApiServer::new(api))
+            .serve_with_incoming_shutdown(crate::peer::incoming(listener), async move {
+                let _ = sd.changed().await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "Workload API stopped");
+        }
+    }));
+    let health = Health {
+        cache: Arc::clone(&cache),
+        td,
+    };
+    let mut sd = shutdown_rx.clone();
+    tasks.push(tokio::spawn(async move {
+        let r = tonic::transport::Server::builder()
+            .add_service(pb::health_server::HealthServer::new(health))
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
+                async move {
+                    let _ = sd.changed().await;
+                },
+            )
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    }));
+    tracing::info!(agent_id = %agent_id, socket = %socket_path.display(), "sigil-agent serving the Workload API");
+    Ok(Running {
+        socket_path,
+        agent_id,
+        cache,
+        shutdown,
+        tasks,
+    })
+}
+
+/// Renews the agent SVID at half-life; retries with backoff on failure.
+async fn renew_agent(
+    node: Arc<NodeClient>,
+    cache: Arc<Cache>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let wait = node
+            .renew_at()
+            .and_then(|t| t.duration_since(std::time::SystemTime::now()).ok())
+            .unwrap_or(std::time::Duration::from_secs(5));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.changed() => return,
+        }
+        if cache.is_denied() {
+            return;
+        }
+        if let Err(e) = node.renew().await {
+            tracing::warn!(error = %e, "agent SVID renewal failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
