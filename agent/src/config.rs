@@ -44,6 +44,83 @@ struct FileConfig {
     log_format: Option<String>,
     discover_workload_path: Option<bool>,
     workload_binary_sha256: Option<bool>,
+    sds: Option<FileSds>,
+}
+
+/// The `[sds]` table, named as in SPIRE's agent `sds` block so SPIRE users can carry settings over.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSds {
+    default_svid_name: Option<String>,
+    default_bundle_name: Option<String>,
+    default_all_bundles_name: Option<String>,
+    disable_spiffe_cert_validation: Option<bool>,
+}
+
+/// Envoy SDS resource names and validation style (the `[sds]` table). Envoy configs written for
+/// SPIRE name these resources, so the defaults are SPIRE's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdsConfig {
+    /// Resource name of the caller's default X.509-SVID (`tls_certificate`). Default `default`.
+    pub default_svid_name: String,
+    /// Resource name of the own trust domain bundle (`validation_context`). Default `ROOTCA`.
+    pub default_bundle_name: String,
+    /// Resource name of own plus federated bundles as a SPIFFE validator. Default `ALL`.
+    pub default_all_bundles_name: String,
+    /// Never answer with Envoy's SPIFFE certificate validator for `ROOTCA` and trust domain
+    /// names, even to Envoy 1.18+ (plain `trusted_ca` instead). Default false.
+    pub disable_spiffe_cert_validation: bool,
+}
+
+impl Default for SdsConfig {
+    fn default() -> Self {
+        Self {
+            default_svid_name: "default".into(),
+            default_bundle_name: "ROOTCA".into(),
+            default_all_bundles_name: "ALL".into(),
+            disable_spiffe_cert_validation: false,
+        }
+    }
+}
+
+impl SdsConfig {
+    fn from_file(f: Option<FileSds>) -> Result<Self, ConfigError> {
+        let f = f.unwrap_or_default();
+        let d = Self::default();
+        let c = Self {
+            default_svid_name: f.default_svid_name.unwrap_or(d.default_svid_name),
+            default_bundle_name: f.default_bundle_name.unwrap_or(d.default_bundle_name),
+            default_all_bundles_name: f
+                .default_all_bundles_name
+                .unwrap_or(d.default_all_bundles_name),
+            disable_spiffe_cert_validation: f
+                .disable_spiffe_cert_validation
+                .unwrap_or(d.disable_spiffe_cert_validation),
+        };
+        // A name that is empty, a SPIFFE ID or shared by two resources would make requests
+        // ambiguous.
+        let names = [
+            ("sds.default_svid_name", &c.default_svid_name),
+            ("sds.default_bundle_name", &c.default_bundle_name),
+            ("sds.default_all_bundles_name", &c.default_all_bundles_name),
+        ];
+        for (i, (key, name)) in names.iter().enumerate() {
+            let reason = if name.is_empty() {
+                "must not be empty"
+            } else if name.starts_with("spiffe://") {
+                "must not be a SPIFFE ID (those name specific SVIDs and bundles)"
+            } else if names[..i].iter().any(|(_, other)| other == name) {
+                "must differ from the other SDS resource names"
+            } else {
+                continue;
+            };
+            return Err(ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            });
+        }
+        Ok(c)
+    }
 }
 
 /// Default Workload API socket, as SPIRE's.
@@ -78,6 +155,8 @@ pub struct Config {
     pub discover_workload_path: bool,
     /// Emit `unix:sha256` selectors. Default true.
     pub workload_binary_sha256: bool,
+    /// Envoy SDS settings (`[sds]`).
+    pub sds: SdsConfig,
 }
 
 /// Command-line values that take precedence over the file.
@@ -174,6 +253,7 @@ impl Config {
             log_json,
             discover_workload_path: f.discover_workload_path.unwrap_or(true),
             workload_binary_sha256: f.workload_binary_sha256.unwrap_or(true),
+            sds: SdsConfig::from_file(f.sds)?,
         };
         Ok(cfg)
     }
@@ -195,6 +275,56 @@ mod tests {
         };
         let c = Config::from_toml("trust_domain = \"example.org\"", o).unwrap();
         assert_eq!(c.socket_path, PathBuf::from("/x.sock"));
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let c = Config::from_toml(include_str!("../../deploy/agent.toml"), Overrides::default())
+            .unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn sds_defaults_and_table() {
+        let c = Config::from_toml("trust_domain = \"example.org\"", Overrides::default()).unwrap();
+        assert_eq!(c.sds, SdsConfig::default());
+        assert_eq!(c.sds.default_svid_name, "default");
+        assert_eq!(c.sds.default_bundle_name, "ROOTCA");
+        assert_eq!(c.sds.default_all_bundles_name, "ALL");
+        assert!(!c.sds.disable_spiffe_cert_validation);
+        let t = "trust_domain = \"example.org\"\n[sds]\ndefault_svid_name = \"svid\"\n\
+                 default_bundle_name = \"ca\"\ndefault_all_bundles_name = \"every\"\n\
+                 disable_spiffe_cert_validation = true";
+        let c = Config::from_toml(t, Overrides::default()).unwrap();
+        assert_eq!(
+            c.sds,
+            SdsConfig {
+                default_svid_name: "svid".into(),
+                default_bundle_name: "ca".into(),
+                default_all_bundles_name: "every".into(),
+                disable_spiffe_cert_validation: true,
+            }
+        );
+    }
+
+    #[test]
+    fn sds_names_must_be_distinct_plain_names() {
+        for (t, key) in [
+            ("[sds]\ndefault_svid_name = \"\"", "sds.default_svid_name"),
+            ("[sds]\ndefault_bundle_name = \"ALL\"", "sds.default_all_bundles_name"),
+            (
+                "[sds]\ndefault_bundle_name = \"spiffe://example.org\"",
+                "sds.default_bundle_name",
+            ),
+            ("[sds]\nnope = 1", "nope"),
+        ] {
+            let text = format!("trust_domain = \"example.org\"\n{t}");
+            let e = Config::from_toml(&text, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(key), "{t}: {e}");
+        }
     }
 
     #[test]

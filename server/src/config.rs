@@ -330,6 +330,17 @@ mod tests {
     }
 
     #[test]
+    fn example_config_parses() {
+        let c = Config::from_toml(
+            include_str!("../../deploy/server.toml"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.trust_domain.as_str(), "example.org");
+        assert_eq!(c.ca_ttl, Duration::from_secs(86400));
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
         assert_eq!(parse_duration("2h30m"), Some(Duration::from_secs(9000)));
