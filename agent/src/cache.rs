@@ -80,15 +80,19 @@ impl BundleView {
     }
 }
 
+/// An entry ID as the SVID map's key: allocated once per entry, so cloning the map for a new
+/// snapshot (once per signed batch) allocates nothing per SVID.
+pub type EntryKey = Arc<str>;
+
 /// One consistent state of the agent.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
     /// Authorized entries by ID.
     pub entries: Arc<HashMap<String, Arc<Entry>>>,
-    /// Entry IDs by selector, to find a workload's entries without scanning all.
-    pub by_selector: Arc<HashMap<Selector, Vec<String>>>,
+    /// Entries by selector, to find a workload's entries without scanning all.
+    pub by_selector: Arc<HashMap<Selector, Vec<Arc<Entry>>>>,
     /// SVIDs by entry ID.
-    pub svids: Arc<HashMap<String, Arc<Svid>>>,
+    pub svids: Arc<HashMap<EntryKey, Arc<Svid>>>,
     /// Own trust domain bundle.
     pub bundle: Option<Arc<BundleView>>,
     /// Federated bundles.
@@ -141,21 +145,25 @@ impl WorkloadView {
 }
 
 impl Snapshot {
+    /// True once a sync snapshot from the server was applied (or the server refused us): only
+    /// then does "no matching entry" mean the caller has no identity.
+    pub fn synced(&self) -> bool {
+        self.revision > 0 || self.denied
+    }
+
     /// The entries whose selectors are all among `selectors`, oldest first.
+    ///
+    /// `created_at` has one-second resolution, so entries created within the same second are
+    /// ordered by their store revision (creation order unless updated since), then by ID.
     pub fn matching_entries(&self, selectors: &SelectorSet) -> Vec<Arc<Entry>> {
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for s in selectors.iter() {
-            let Some(ids) = self.by_selector.get(s) else {
+            let Some(entries) = self.by_selector.get(s) else {
                 continue;
             };
-            for id in ids {
-                if !seen.insert(id.as_str()) {
-                    continue;
-                }
-                if let Some(e) = self.entries.get(id)
-                    && selectors.matches_all(&e.selectors)
-                {
+            for e in entries {
+                if seen.insert(Arc::as_ptr(e)) && selectors.matches_all(&e.selectors) {
                     out.push(Arc::clone(e));
                 }
             }
@@ -163,6 +171,7 @@ impl Snapshot {
         out.sort_by(|a, b| {
             a.created_at
                 .cmp(&b.created_at)
+                .then_with(|| a.revision.cmp(&b.revision))
                 .then_with(|| a.id.cmp(&b.id))
         });
         out
@@ -181,7 +190,7 @@ impl Snapshot {
         }
         let mut feds = std::collections::BTreeSet::new();
         for e in self.matching_entries(selectors) {
-            match self.svids.get(&e.id) {
+            match self.svids.get(e.id.as_str()) {
                 Some(s) => view.svids.push(Arc::clone(s)),
                 None => view.pending += 1,
             }
@@ -199,6 +208,7 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Cache {
     tx: watch::Sender<Arc<Snapshot>>,
+    closed: watch::Sender<bool>,
 }
 
 impl Default for Cache {
@@ -207,11 +217,17 @@ impl Default for Cache {
     }
 }
 
-fn index(entries: &HashMap<String, Arc<Entry>>) -> HashMap<Selector, Vec<String>> {
-    let mut idx: HashMap<Selector, Vec<String>> = HashMap::new();
+fn index(entries: &HashMap<String, Arc<Entry>>) -> HashMap<Selector, Vec<Arc<Entry>>> {
+    let mut idx: HashMap<Selector, Vec<Arc<Entry>>> = HashMap::new();
     for e in entries.values() {
         for s in &e.selectors {
-            idx.entry(s.clone()).or_default().push(e.id.clone());
+            // `entry()` would clone the selector for every entry; most share a few selectors.
+            match idx.get_mut(s) {
+                Some(v) => v.push(Arc::clone(e)),
+                None => {
+                    idx.insert(s.clone(), vec![Arc::clone(e)]);
+                }
+            }
         }
     }
     idx
@@ -221,7 +237,29 @@ impl Cache {
     /// An empty cache.
     pub fn new() -> Self {
         let (tx, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { tx }
+        let (closed, _) = watch::channel(false);
+        Self { tx, closed }
+    }
+
+    /// Tells every stream serving from this cache to end: the agent is shutting down, and its
+    /// servers' graceful shutdown waits for open streams, which would otherwise never finish.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once [`Cache::close`] was called.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// The current snapshot once the first sync was applied, waiting at most `timeout` for it
+    /// (after which the possibly empty snapshot is returned). Right after a start or restart the
+    /// cache is empty; answering "no identity" then would be wrong, not merely early.
+    pub async fn synced(&self, timeout: std::time::Duration) -> Arc<Snapshot> {
+        let mut rx = self.tx.subscribe();
+        let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.synced())).await;
+        self.current()
     }
 
     /// The current snapshot.
@@ -249,7 +287,7 @@ impl Cache {
             let mut svids = HashMap::clone(&s.svids);
             svids.retain(|id, svid| {
                 entries
-                    .get(id)
+                    .get(&**id)
                     .is_some_and(|e| e.spiffe_id == svid.spiffe_id && !e.selectors.is_empty())
             });
             s.by_selector = Arc::new(index(&entries));
@@ -271,7 +309,12 @@ impl Cache {
                     .get(&svid.entry_id)
                     .is_some_and(|e| e.spiffe_id == svid.spiffe_id)
                 {
-                    svids.insert(svid.entry_id.clone(), Arc::new(svid));
+                    // A renewal keeps the entry's key.
+                    let key = svids
+                        .get_key_value(svid.entry_id.as_str())
+                        .map(|(k, _)| Arc::clone(k))
+                        .unwrap_or_else(|| EntryKey::from(svid.entry_id.as_str()));
+                    svids.insert(key, Arc::new(svid));
                 }
             }
             s.svids = Arc::new(svids);

@@ -279,8 +279,11 @@ mod tests {
 
     #[test]
     fn example_config_parses() {
-        let c = Config::from_toml(include_str!("../../deploy/agent.toml"), Overrides::default())
-            .unwrap();
+        let c = Config::from_toml(
+            include_str!("../../deploy/agent.toml"),
+            Overrides::default(),
+        )
+        .unwrap();
         assert_eq!(c.trust_domain.as_str(), "example.org");
         assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET));
     }
@@ -312,7 +315,10 @@ mod tests {
     fn sds_names_must_be_distinct_plain_names() {
         for (t, key) in [
             ("[sds]\ndefault_svid_name = \"\"", "sds.default_svid_name"),
-            ("[sds]\ndefault_bundle_name = \"ALL\"", "sds.default_all_bundles_name"),
+            (
+                "[sds]\ndefault_bundle_name = \"ALL\"",
+                "sds.default_all_bundles_name",
+            ),
             (
                 "[sds]\ndefault_bundle_name = \"spiffe://example.org\"",
                 "sds.default_bundle_name",

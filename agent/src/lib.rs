@@ -9,15 +9,19 @@
 //! - [`rotate`]: issuing and renewing workload SVIDs.
 //! - [`peer`], [`attestation`]: who is calling the socket.
 //! - [`workload_api`]: the SPIFFE Workload API service.
+//! - [`jwt`]: JWT-SVIDs: minting through the server, the token cache, validation.
+//! - [`sds`]: Envoy's Secret Discovery Service (SDS v3) on the same socket.
 //! - [`serve`]: wiring of sockets and background tasks.
 #![forbid(unsafe_code)]
 
 pub mod attestation;
 pub mod cache;
 pub mod config;
+pub mod jwt;
 pub mod node;
 pub mod peer;
 pub mod rotate;
+pub mod sds;
 pub mod serve;
 pub mod sync;
 pub mod workload_api;

@@ -31,7 +31,7 @@ pub fn due(snap: &Snapshot, now: SystemTime) -> (Vec<Arc<Entry>>, Option<SystemT
         if e.selectors.is_empty() {
             continue; // node aliases: nothing runs as them on this node
         }
-        match snap.svids.get(&e.id) {
+        match snap.svids.get(e.id.as_str()) {
             Some(s) if s.entry_revision == e.revision && s.renew_at > now => {
                 next = Some(next.map_or(s.renew_at, |n| n.min(s.renew_at)));
             }
@@ -101,13 +101,29 @@ async fn sign_batch(node: &NodeClient, batch: Vec<Arc<Entry>>) -> Result<Vec<Svi
         // notBefore is backdated for clock skew; the lifetime that matters starts now.
         let not_before = SystemTime::now();
         let not_after = sigil_core::x509::to_system_time(cert.validity().not_after.timestamp());
+        // One buffer for the chain; the per-certificate views share it (no second copy of every
+        // certificate in memory: the cache holds one SVID per entry, possibly tens of thousands).
+        let lens: Vec<usize> = svid.cert_chain.iter().map(Vec::len).collect();
+        let chain_der = Bytes::from(if svid.cert_chain.len() == 1 {
+            svid.cert_chain.into_iter().next().unwrap_or_default()
+        } else {
+            svid.cert_chain.concat()
+        });
+        let mut certs = Vec::with_capacity(lens.len());
+        let mut at = 0;
+        for len in lens {
+            certs.push(chain_der.slice(at..at + len));
+            at += len;
+        }
         out.push(Svid {
             entry_id: p.entry.id.clone(),
             entry_revision: p.entry.revision,
             spiffe_id: p.entry.spiffe_id.clone(),
-            chain_der: Bytes::from(svid.cert_chain.concat()),
-            certs: svid.cert_chain.into_iter().map(Bytes::from).collect(),
-            key_pkcs8: Bytes::from(p.key_pkcs8),
+            chain_der,
+            certs,
+            // Copied here so the long-lived key is not left pinning the blocking thread's
+            // malloc arena (where key generation's scratch allocations were made).
+            key_pkcs8: Bytes::copy_from_slice(&p.key_pkcs8),
             not_after,
             renew_at: renew_time(not_before, not_after),
             hint: p.entry.hint.clone(),

@@ -17,6 +17,7 @@ use crate::attestation::{UnixAttestor, UnixAttestorConfig};
 use crate::cache::Cache;
 use crate::config::Config;
 use crate::node::{NodeClient, NodeError};
+use crate::sds::Sds;
 use crate::workload_api::{Attestor, WorkloadApi};
 
 /// Why the agent could not start.
@@ -56,6 +57,8 @@ pub struct Running {
 impl Running {
     /// Stops every task and listener.
     pub async fn shutdown(self) {
+        // Open Workload API/SDS streams never end on their own; graceful shutdown waits for them.
+        self.cache.close();
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -124,6 +127,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         hash_binary: cfg.workload_binary_sha256,
     };
     let td = cfg.trust_domain.to_string();
+    let sds_cfg = cfg.sds.clone();
     // Bind first so a second agent on the same socket fails before touching the server.
     let listener = bind(&socket_path, 0o755, 0o777)?;
     let admin_listener = bind(&admin_path, 0o700, 0o600)?;
@@ -153,11 +157,17 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     )));
 
     let attestors: Vec<Box<dyn WorkloadAttestor>> = vec![Box::new(UnixAttestor::new(attestor_cfg))];
-    let api = WorkloadApi::new(Arc::clone(&cache), Attestor::new(attestors));
+    let attestor = Attestor::new(attestors);
+    let api = WorkloadApi::new(Arc::clone(&cache), attestor.clone()).with_jwt(Arc::new(
+        crate::jwt::JwtSvids::new(Arc::clone(&node), crate::jwt::DEFAULT_CAPACITY),
+    ));
+    // SDS shares the socket and the attestation: Envoy is just another workload.
+    let sds = Sds::new(Arc::clone(&cache), attestor, sds_cfg);
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(api))
+            .add_service(sds.into_service())
             .serve_with_incoming_shutdown(crate::peer::incoming(listener), async move {
                 let _ = sd.changed().await;
             })

@@ -17,17 +17,18 @@ use crate::node::NodeClient;
 /// Converts a wire entry, skipping (with a log line) entries that fail to parse.
 fn entry_from_pb(e: pb::Entry) -> Option<Entry> {
     let spiffe_id = SpiffeId::parse(&e.spiffe_id).ok()?;
-    let selectors = e
-        .selectors
-        .iter()
-        .map(|s| Selector::new(&s.r#type, &s.value))
-        .collect::<Result<Vec<_>, _>>()
-        .ok()?;
-    let federates_with = e
+    // Exact capacities: collecting through `Result`/`filter_map` starts at capacity 4, and the
+    // cache keeps one entry per registration (tens of thousands), most with one selector.
+    let mut selectors = Vec::with_capacity(e.selectors.len());
+    for s in &e.selectors {
+        selectors.push(Selector::new(&s.r#type, &s.value).ok()?);
+    }
+    let mut federates_with: Vec<TrustDomain> = e
         .federates_with
         .iter()
         .filter_map(|t| TrustDomain::new(t).ok())
         .collect();
+    federates_with.shrink_to_fit();
     Some(Entry {
         id: e.id,
         spiffe_id,

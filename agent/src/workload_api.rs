@@ -8,8 +8,7 @@ use std::sync::Arc;
 use futures::Stream;
 use sigil_core::SelectorSet;
 use sigil_proto::workload as wl;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
 use crate::attestation::{WorkloadAttestor, attest_peer};
@@ -65,12 +64,24 @@ impl Attestor {
 pub struct WorkloadApi {
     cache: Arc<Cache>,
     attestor: Attestor,
+    jwt: Option<Arc<crate::jwt::JwtSvids>>,
 }
 
 impl WorkloadApi {
     /// Serves identities from `cache` to callers attested by `attestor`.
     pub fn new(cache: Arc<Cache>, attestor: Attestor) -> Self {
-        Self { cache, attestor }
+        Self {
+            cache,
+            attestor,
+            jwt: None,
+        }
+    }
+
+    /// Also serves JWT-SVIDs, minted (and cached) by `jwt`; without it FetchJWTSVID answers
+    /// Unimplemented.
+    pub fn with_jwt(mut self, jwt: Arc<crate::jwt::JwtSvids>) -> Self {
+        self.jwt = Some(jwt);
+        self
     }
 }
 
@@ -144,43 +155,99 @@ fn jwt_bundles(view: &WorkloadView) -> wl::JwtBundlesResponse {
     wl::JwtBundlesResponse { bundles }
 }
 
+/// How long a call made before the agent's first sync waits for it before the caller is told
+/// it has no identity.
+pub const FIRST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long the first X.509-SVID message waits for matching entries whose SVIDs are still being
+/// signed (right after an entry was created, or while a starting agent issues its SVIDs): a
+/// one-shot client reads only that message, and the default SVID must be the oldest entry's.
+/// After this, what is ready is sent (an entry the server refuses must not block the caller).
+pub const FIRST_COMPLETE_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// Streams `render(view)` whenever the caller's view changes; ends with PermissionDenied when
-/// the caller loses its last identity. `ready` says whether a view is worth sending yet.
-fn watch_view<T: Send + 'static>(
-    cache: &Cache,
+/// the caller loses its last identity, and without error when the agent shuts down. `ready`
+/// says whether a view is worth sending yet; with `wait_pending`, the first message also waits
+/// (at most [`FIRST_COMPLETE_WAIT`]) until no matching entry lacks its SVID.
+async fn watch_view<T: Send + 'static>(
+    cache: &Arc<Cache>,
     selectors: SelectorSet,
+    wait_pending: bool,
     ready: fn(&WorkloadView) -> bool,
     render: fn(&WorkloadView) -> T,
 ) -> Result<ResponseStream<T>, Status> {
     let mut rx = cache.subscribe();
+    if !rx.borrow().synced() {
+        cache.synced(FIRST_SYNC_WAIT).await;
+    }
     let first: Arc<Snapshot> = Arc::clone(&rx.borrow_and_update());
     if first.view(&selectors).is_empty() {
         return Err(no_identity());
     }
-    let (tx, out) = mpsc::channel(2);
-    tokio::spawn(async move {
-        let mut last: Option<WorkloadView> = None;
-        let mut snap = first;
+    // The stream is polled by tonic only when the client can take a message: no task and no
+    // channel per stream (a held stream costs a few hundred bytes here, and intermediate
+    // states a slow client never saw are skipped, as the Workload API allows).
+    struct Watch {
+        rx: watch::Receiver<Arc<Snapshot>>,
+        cache: Arc<Cache>,
+        selectors: SelectorSet,
+        snap: Option<Arc<Snapshot>>,
+        last: Option<WorkloadView>,
+        done: bool,
+        /// Until when the first message may wait for pending SVIDs.
+        complete_by: Option<tokio::time::Instant>,
+    }
+    let state = Watch {
+        rx,
+        cache: Arc::clone(cache),
+        selectors,
+        snap: Some(first),
+        last: None,
+        done: false,
+        complete_by: wait_pending.then(|| tokio::time::Instant::now() + FIRST_COMPLETE_WAIT),
+    };
+    let stream = futures::stream::unfold(state, move |mut st| async move {
+        if st.done {
+            return None;
+        }
         loop {
-            let view = snap.view(&selectors);
-            if view.is_empty() {
-                let _ = tx.send(Err(no_identity())).await;
-                return;
-            }
-            if ready(&view) && last.as_ref().is_none_or(|l| !l.same_as(&view)) {
-                if tx.send(Ok(render(&view))).await.is_err() {
-                    return;
+            if let Some(snap) = st.snap.take() {
+                let view = snap.view(&st.selectors);
+                if view.is_empty() {
+                    st.done = true;
+                    return Some((Err(no_identity()), st));
                 }
-                last = Some(view);
+                let complete = view.pending == 0
+                    || st
+                        .complete_by
+                        .is_none_or(|t| t <= tokio::time::Instant::now());
+                if ready(&view) && complete && st.last.as_ref().is_none_or(|l| !l.same_as(&view)) {
+                    let msg = render(&view);
+                    st.last = Some(view);
+                    st.complete_by = None;
+                    return Some((Ok(msg), st));
+                }
+                if !complete {
+                    // Look again at the deadline even if nothing changes.
+                    st.snap = Some(snap);
+                }
             }
+            let deadline = st.complete_by.filter(|_| st.snap.is_some());
+            let retry = async move {
+                match deadline {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
-                r = rx.changed() => if r.is_err() { return },
-                _ = tx.closed() => return,
+                r = st.rx.changed() => if r.is_err() { return None },
+                _ = st.cache.closed() => return None,
+                _ = retry => continue,
             }
-            snap = Arc::clone(&rx.borrow_and_update());
+            st.snap = Some(Arc::clone(&st.rx.borrow_and_update()));
         }
     });
-    Ok(Box::pin(ReceiverStream::new(out)))
+    Ok(Box::pin(stream))
 }
 
 #[tonic::async_trait]
@@ -195,7 +262,14 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
         let sels = self.attestor.attest(&req).await?;
-        let s = watch_view(&self.cache, sels, |v| !v.svids.is_empty(), x509_response)?;
+        let s = watch_view(
+            &self.cache,
+            sels,
+            true,
+            |v| !v.svids.is_empty(),
+            x509_response,
+        )
+        .await?;
         Ok(Response::new(s))
     }
 
@@ -205,7 +279,14 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
         let sels = self.attestor.attest(&req).await?;
-        let s = watch_view(&self.cache, sels, |v| v.bundle.is_some(), x509_bundles)?;
+        let s = watch_view(
+            &self.cache,
+            sels,
+            false,
+            |v| v.bundle.is_some(),
+            x509_bundles,
+        )
+        .await?;
         Ok(Response::new(s))
     }
 
@@ -214,16 +295,36 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<wl::JwtsvidRequest>,
     ) -> Result<Response<wl::JwtsvidResponse>, Status> {
         check_header(&req)?;
-        if req.get_ref().audience.is_empty() {
+        let r = req.get_ref();
+        if r.audience.is_empty() {
             return Err(Status::invalid_argument("audience must be specified"));
         }
-        let sels = self.attestor.attest(&req).await?;
-        if self.cache.current().view(&sels).is_empty() {
-            return Err(no_identity());
+        if r.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "audience: values must not be empty",
+            ));
         }
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not yet supported by this agent",
-        ))
+        let want = match r.spiffe_id.as_str() {
+            "" => None,
+            s => Some(
+                sigil_core::SpiffeId::parse_workload(s)
+                    .map_err(|e| Status::invalid_argument(format!("spiffe_id: {e}")))?,
+            ),
+        };
+        let sels = self.attestor.attest(&req).await?;
+        let snap = self.cache.synced(FIRST_SYNC_WAIT).await;
+        let Some(jwt) = &self.jwt else {
+            if snap.view(&sels).is_empty() {
+                return Err(no_identity());
+            }
+            return Err(Status::unimplemented(
+                "JWT-SVIDs are not enabled in this agent",
+            ));
+        };
+        let svids = jwt
+            .fetch_for(&snap, &sels, want.as_ref(), &req.get_ref().audience)
+            .await?;
+        Ok(Response::new(wl::JwtsvidResponse { svids }))
     }
 
     async fn fetch_jwt_bundles(
@@ -232,7 +333,14 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
         let sels = self.attestor.attest(&req).await?;
-        let s = watch_view(&self.cache, sels, |v| v.bundle.is_some(), jwt_bundles)?;
+        let s = watch_view(
+            &self.cache,
+            sels,
+            false,
+            |v| v.bundle.is_some(),
+            jwt_bundles,
+        )
+        .await?;
         Ok(Response::new(s))
     }
 
@@ -248,8 +356,16 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         if r.svid.is_empty() {
             return Err(Status::invalid_argument("svid must be specified"));
         }
-        Err(Status::unimplemented(
-            "JWT-SVID validation is not yet supported by this agent",
-        ))
+        let sels = self.attestor.attest(&req).await?;
+        let snap = self.cache.synced(FIRST_SYNC_WAIT).await;
+        let r = req.get_ref();
+        let now = sigil_core::x509::unix_secs(std::time::SystemTime::now());
+        // SPIRE answers InvalidArgument for every reason a token is refused.
+        let v = crate::jwt::validate(&snap, &sels, &r.svid, &r.audience, now)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(wl::ValidateJwtsvidResponse {
+            spiffe_id: v.spiffe_id.to_string(),
+            claims: Some(crate::jwt::claims_struct(&v.claims)),
+        }))
     }
 }

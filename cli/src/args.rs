@@ -91,6 +91,37 @@ pub enum Command {
     /// Server checks.
     #[command(subcommand)]
     Server(ServerCommand),
+    /// Rotate the server's signing authorities by hand (server admin API).
+    #[command(subcommand, name = "localauthority")]
+    LocalAuthority(LocalAuthorityCommand),
+    /// Run a local server and agent with your uid registered, for development (Ctrl-C stops).
+    Dev(DevArgs),
+}
+
+/// Flags of `sigil dev`.
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the store, agent state, logs and (if the path is short) sockets. It is
+    /// wiped at every start; a non-empty directory not made by `sigil dev` is refused.
+    #[arg(long, value_name = "DIR", default_value = ".sigil-dev")]
+    pub data_dir: PathBuf,
+    /// Trust domain of the dev server [default: example.org, or that of --spiffe-id].
+    #[arg(long, value_name = "TRUST_DOMAIN")]
+    pub trust_domain: Option<TrustDomain>,
+    /// SPIFFE ID registered for your uid [default: spiffe://<trust domain>/dev/<user name>].
+    #[arg(long, value_name = "ID")]
+    pub spiffe_id: Option<SpiffeId>,
+    /// Port of the server's agent API, on 127.0.0.1.
+    #[arg(long, default_value_t = 18081)]
+    pub port: u16,
+    /// Give up if the server, the agent and your SVID are not ready within this long.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        value_parser = duration::parse_positive
+    )]
+    pub timeout: Duration,
 }
 
 /// `sigil entry ...`
@@ -384,6 +415,47 @@ pub enum BundleCommand {
         /// Trust domain (spiffe://example.org or example.org).
         #[arg(long, value_name = "TRUST_DOMAIN")]
         id: TrustDomain,
+    },
+}
+
+/// `sigil localauthority ...`
+#[derive(Debug, Subcommand)]
+pub enum LocalAuthorityCommand {
+    /// JWT-SVID signing keys.
+    #[command(subcommand)]
+    Jwt(LocalAuthorityJwtCommand),
+    /// X.509 certificate authorities.
+    #[command(subcommand)]
+    X509(LocalAuthorityX509Command),
+}
+
+/// `sigil localauthority x509 ...`
+#[derive(Debug, Subcommand)]
+pub enum LocalAuthorityX509Command {
+    /// Show the active and prepared X.509 CAs.
+    Show,
+    /// Create the next X.509 CA and publish its root in the bundle (it does not sign yet).
+    Prepare,
+    /// Make the prepared CA the signing one; the old root stays published until it expires.
+    Activate {
+        /// Only if the prepared CA has this ID (as printed by `prepare`).
+        #[arg(long, value_name = "AUTHORITY_ID")]
+        authority_id: Option<String>,
+    },
+}
+
+/// `sigil localauthority jwt ...`
+#[derive(Debug, Subcommand)]
+pub enum LocalAuthorityJwtCommand {
+    /// Show the active, prepared and old JWT signing keys.
+    Show,
+    /// Generate the next JWT signing key and publish it in the bundle (it does not sign yet).
+    Prepare,
+    /// Make the prepared key the signing key; the previous one stays published until it expires.
+    Activate {
+        /// Only if the prepared key has this ID (as printed by `prepare`).
+        #[arg(long, value_name = "KEY_ID")]
+        key_id: Option<String>,
     },
 }
 

@@ -7,7 +7,9 @@
 //! - [`output`]: human blocks and JSON for admin messages, and the stdout writer.
 //! - [`duration`]: `90s` / `2h30m` / `1d` parsing.
 //! - [`entry`], [`token`], [`agent_admin`], [`bundle`], [`health`]: server admin commands.
+//! - [`localauthority`]: manual JWT signing key rotation (server admin API).
 //! - [`workload`], [`x509`]: `agent api` commands against the SPIFFE Workload API.
+//! - [`dev`]: `sigil dev`, a local server and agent as child processes, for development.
 //!
 //! Exit codes: 0 on success, 1 on any failure (printed to stderr), 2 on a usage error (clap).
 #![forbid(unsafe_code)]
@@ -16,9 +18,11 @@ mod agent_admin;
 mod args;
 mod bundle;
 mod connect;
+mod dev;
 mod duration;
 mod entry;
 mod health;
+mod localauthority;
 mod output;
 mod status;
 mod token;
@@ -51,5 +55,7 @@ async fn run(globals: &Globals, command: Command) -> anyhow::Result<()> {
         Command::Agent(AgentCommand::Api(cmd)) => workload::run(globals, cmd).await,
         Command::Bundle(cmd) => bundle::run(globals, cmd).await,
         Command::Server(cmd) => health::run(globals, cmd).await,
+        Command::LocalAuthority(cmd) => localauthority::run(globals, cmd).await,
+        Command::Dev(args) => dev::run(globals, args).await,
     }
 }

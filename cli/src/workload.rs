@@ -80,12 +80,13 @@ async fn watch(path: &Path, out: OutputFormat) -> Result<()> {
         .fetch_x509svid(X509svidRequest {})
         .await?
         .into_inner();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Registered now, not on first poll: a Ctrl-C right after the first update must end the
+    // watch cleanly instead of killing the process.
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     let mut update = 0u64;
     loop {
         let message = tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             message = stream.message() => message?,
         };
         let Some(resp) = message else {

@@ -8,8 +8,7 @@ use x509_parser::certification_request::X509CertificationRequest;
 use x509_parser::error::X509Error;
 use x509_parser::prelude::FromDer;
 
-/// Key algorithms Sigil generates. RSA keys cannot be generated with ring, so RSA is accepted
-/// only where a key arrives from outside (an upstream authority or a CSR).
+/// Key algorithms Sigil generates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum KeyType {
     /// ECDSA on P-256 with SHA-256: the default for CAs and workloads.
@@ -17,6 +16,9 @@ pub enum KeyType {
     EcP256,
     /// ECDSA on P-384 with SHA-384.
     EcP384,
+    /// RSA 2048 with PKCS#1 v1.5 SHA-256 signatures (generated with the `rsa` crate, since ring
+    /// cannot generate RSA keys; ring still does the signing).
+    Rsa2048,
 }
 
 impl KeyType {
@@ -25,6 +27,7 @@ impl KeyType {
         match s {
             "ec-p256" => Some(Self::EcP256),
             "ec-p384" => Some(Self::EcP384),
+            "rsa-2048" => Some(Self::Rsa2048),
             _ => None,
         }
     }
@@ -53,8 +56,20 @@ pub fn generate(kind: KeyType) -> Result<KeyPair, KeyError> {
     let alg = match kind {
         KeyType::EcP256 => &PKCS_ECDSA_P256_SHA256,
         KeyType::EcP384 => &PKCS_ECDSA_P384_SHA384,
+        KeyType::Rsa2048 => return generate_rsa(2048),
     };
     KeyPair::generate_for(alg).map_err(|e| KeyError::Crypto(e.to_string()))
+}
+
+fn generate_rsa(bits: usize) -> Result<KeyPair, KeyError> {
+    use rsa::pkcs8::EncodePrivateKey;
+    let key = rsa::RsaPrivateKey::new(&mut rand_core06::OsRng, bits)
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    let der = key
+        .to_pkcs8_der()
+        .map_err(|e| KeyError::Crypto(e.to_string()))?;
+    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &rcgen::PKCS_RSA_SHA256)
+        .map_err(|e| KeyError::Crypto(e.to_string()))
 }
 
 /// Loads a PKCS#8 DER private key (ECDSA P-256/P-384, RSA, Ed25519).
@@ -311,9 +326,35 @@ mod tests {
     fn key_type_parse() {
         assert_eq!(KeyType::parse("ec-p256"), Some(KeyType::EcP256));
         assert_eq!(KeyType::parse("ec-p384"), Some(KeyType::EcP384));
-        assert_eq!(KeyType::parse("rsa-2048"), None);
+        assert_eq!(KeyType::parse("rsa-2048"), Some(KeyType::Rsa2048));
+        assert_eq!(KeyType::parse("rsa-4096"), None);
         assert_eq!(KeyType::default(), KeyType::EcP256);
         assert!(from_pkcs8(b"junk").is_err());
+    }
+
+    #[test]
+    fn rsa_keys_sign_csrs() {
+        let key = generate(KeyType::Rsa2048).unwrap();
+        let parsed = parse_csr(&csr_der(&key).unwrap()).unwrap();
+        assert!(parsed.is_rsa());
+
+        // An RSA CA issues a leaf that validates against it.
+        let td = crate::TrustDomain::new("example.org").unwrap();
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86400);
+        let cert = crate::x509::self_signed_ca(&key, &td, day, now).unwrap();
+        let ca = crate::x509::CaSigner::new(cert.clone(), key, vec![]).unwrap();
+        let leaf_key = generate(KeyType::EcP256).unwrap();
+        let params = crate::x509::LeafParams {
+            spiffe_id: td.id_with_path("/w").unwrap(),
+            dns_names: vec![],
+            ttl: std::time::Duration::from_secs(60),
+            now,
+            rsa_key: false,
+        };
+        let chain = ca.sign_leaf(&leaf_key, &params).unwrap();
+        let id = crate::validate_x509_svid(&chain, &[cert], now).unwrap();
+        assert_eq!(id.path(), "/w");
     }
 
     #[test]

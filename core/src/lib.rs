@@ -7,11 +7,13 @@
 //! - [`x509`]: building CA certificates and leaf X.509-SVIDs.
 //! - [`validate`]: checking an X.509-SVID chain against a bundle.
 //! - [`bundle`]: trust bundles in the SPIFFE JWK-set format and PEM.
+//! - [`jwt`]: signing and verifying JWT-SVIDs.
 //! - [`tls`]: rustls verifiers and certificate resolvers for SPIFFE authentication.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod id;
+pub mod jwt;
 pub mod keys;
 pub mod selector;
 pub mod tls;

@@ -1,7 +1,10 @@
 //! The certificate authority: which key signs, which roots are published, and signing itself.
 //!
 //! The CA key is created once (self-signed, or as an intermediate of a disk upstream authority),
-//! persisted in the store and reused on restart. It never leaves this process.
+//! persisted in the store and reused on restart. It never leaves this process. Rotation follows
+//! SPIRE's schedule: the next CA is prepared (and published in the bundle, so relying parties
+//! learn it before it signs anything) at half the active CA's life and activated when a sixth of
+//! it remains; old roots stay in the bundle until they expire.
 
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -14,6 +17,7 @@ use sigil_core::{Bundle, SpiffeId, TrustDomain};
 
 use crate::config::{Config, DiskAuthority};
 use crate::datastore::{Authority, AuthorityKind, AuthorityState, DataStore, StoreError};
+use crate::jwt::JwtKeys;
 
 /// Why the CA cannot start or sign.
 #[derive(Debug, thiserror::Error)]
@@ -33,13 +37,31 @@ pub enum CaError {
     /// The stored bundle document is unreadable.
     #[error("stored bundle: {0}")]
     Bundle(String),
+    /// Activation was asked for but no (or another) CA is prepared.
+    #[error("no X.509 CA with that ID is prepared")]
+    NothingPrepared,
+    /// A JWT signing key could not be generated, loaded or used.
+    #[error(transparent)]
+    Jwt(#[from] sigil_core::jwt::JwtError),
+}
+
+/// The X.509 authorities: the one signing and the one prepared to sign next.
+#[derive(Debug, Clone)]
+pub struct X509Slots {
+    /// Signing now.
+    pub active: Authority,
+    /// Published, not signing yet.
+    pub prepared: Option<Authority>,
 }
 
 /// The signing CA and the trust bundle it belongs to.
 pub struct Ca {
     td: TrustDomain,
+    cfg: Config,
+    x509: RwLock<X509Slots>,
     signer: RwLock<Arc<CaSigner>>,
     bundle: RwLock<Arc<Bundle>>,
+    jwt: JwtKeys,
 }
 
 impl std::fmt::Debug for Ca {
@@ -71,40 +93,29 @@ impl Ca {
                 .map_err(|e| CaError::Bundle(e.to_string()))?,
             None => Bundle::new(td.clone()),
         };
-        let signer = match active {
-            Some(a) => {
-                let key = keys::from_pkcs8(&a.private_key_pkcs8)?;
-                let chain = a
-                    .chain_der
-                    .iter()
-                    .map(|c| CertificateDer::from(c.clone()))
-                    .collect();
-                CaSigner::new(CertificateDer::from(a.cert_der), key, chain)?
-            }
+        let (signer, active) = match active {
+            Some(a) => (signer_of(&a)?, a),
             None => {
-                let (authority, roots) = match &cfg.upstream_authority {
-                    None => self_signed(cfg, now)?,
-                    Some(up) => from_upstream(&up.disk, cfg, now)?,
-                };
-                let key = keys::from_pkcs8(&authority.private_key_pkcs8)?;
-                let chain = authority
-                    .chain_der
-                    .iter()
-                    .map(|c| CertificateDer::from(c.clone()))
-                    .collect();
-                let signer =
-                    CaSigner::new(CertificateDer::from(authority.cert_der.clone()), key, chain)?;
-                for r in roots {
-                    if !bundle.x509_authorities.contains(&r) {
-                        bundle.x509_authorities.push(r);
-                    }
-                }
-                bundle.sequence += 1;
-                store.put_authority(authority)?;
+                let authority = new_authority(cfg, &mut bundle, now, AuthorityState::Active)?;
+                store.put_authority(authority.clone())?;
                 tracing::info!(trust_domain = %td, "created a new X.509 CA");
-                signer
+                (signer_of(&authority)?, authority)
             }
         };
+        let prepared = store
+            .list_authorities()?
+            .into_iter()
+            .filter(|a| a.kind == AuthorityKind::X509Ca && a.state == AuthorityState::Prepared)
+            .filter(|a| a.not_after > now_s + 60)
+            .max_by_key(|a| a.not_after);
+        // JWT keys: brought up to date with the rotation schedule and published (before any of
+        // them signs: nothing is served before this bundle is stored).
+        let jwt = JwtKeys::load(store, cfg.jwt_key_type, cfg.ca_ttl, now)?;
+        let published = jwt.published();
+        if !crate::jwt::same_keys(&bundle.jwt_authorities, &published) {
+            bundle.sequence += 1;
+        }
+        bundle.jwt_authorities = published;
         prune_expired(&mut bundle, now);
         let doc = bundle
             .to_spiffe_json()
@@ -112,9 +123,122 @@ impl Ca {
         store.set_bundle(&td, doc.into_bytes())?;
         Ok(Self {
             td,
+            cfg: cfg.clone(),
+            x509: RwLock::new(X509Slots { active, prepared }),
             signer: RwLock::new(Arc::new(signer)),
             bundle: RwLock::new(Arc::new(bundle)),
+            jwt,
         })
+    }
+
+    /// The JWT-SVID signing keys.
+    pub fn jwt(&self) -> &JwtKeys {
+        &self.jwt
+    }
+
+    /// Changes the own bundle with `f`. When that changed anything, the sequence number goes up
+    /// by one (agents' sync streams compare it) and the new bundle is returned; the caller
+    /// persists it and announces the store revision (see [`crate::jwt::publish`]).
+    pub fn update_bundle(&self, f: impl FnOnce(&mut Bundle)) -> Arc<Bundle> {
+        let mut cur = self.bundle.write().unwrap_or_else(|p| p.into_inner());
+        let mut next = Bundle::clone(&cur);
+        f(&mut next);
+        next.sequence = cur.sequence;
+        if next != **cur {
+            next.sequence = cur.sequence + 1;
+            *cur = Arc::new(next);
+        }
+        Arc::clone(&cur)
+    }
+
+    /// The X.509 authorities (for the admin API).
+    pub fn x509_slots(&self) -> X509Slots {
+        self.x509.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Unix seconds of the next scheduled X.509 rotation step.
+    pub fn x509_next_event(&self) -> i64 {
+        let slots = self.x509_slots();
+        let (prepare_at, activate_at) = schedule(&slots.active);
+        if slots.prepared.is_none() {
+            prepare_at
+        } else {
+            activate_at
+        }
+    }
+
+    /// One step of the automatic schedule; true when the bundle or the signer changed.
+    pub fn x509_rotate(&self, store: &dyn DataStore, now: SystemTime) -> Result<bool, CaError> {
+        let slots = self.x509_slots();
+        let (prepare_at, activate_at) = schedule(&slots.active);
+        let now_s = unix_secs(now);
+        let mut changed = self.prune(now);
+        if slots.prepared.is_none() && now_s >= prepare_at {
+            self.x509_prepare(store, now)?;
+            changed = true;
+        } else if slots.prepared.is_some() && now_s >= activate_at {
+            self.x509_activate(store, None)?;
+            changed = true;
+        }
+        Ok(changed)
+    }
+
+    /// Drops expired roots from the bundle; true when any went.
+    fn prune(&self, now: SystemTime) -> bool {
+        let before = self.bundle().sequence;
+        self.update_bundle(|b| prune_expired(b, now)).sequence != before
+    }
+
+    /// Creates the next CA and publishes its root; it does not sign until activated. A prepared
+    /// CA that was never activated is replaced (it never signed anything).
+    pub fn x509_prepare(
+        &self,
+        store: &dyn DataStore,
+        now: SystemTime,
+    ) -> Result<Authority, CaError> {
+        let mut bundle = Bundle::clone(&self.bundle());
+        let authority = new_authority(&self.cfg, &mut bundle, now, AuthorityState::Prepared)?;
+        signer_of(&authority)?;
+        store.put_authority(authority.clone())?;
+        if let Some(old) = self.x509_slots().prepared {
+            store.delete_authority(&old.id)?;
+        }
+        self.update_bundle(|b| b.x509_authorities = bundle.x509_authorities);
+        self.x509
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .prepared = Some(authority.clone());
+        tracing::info!(authority_id = %authority.id, "prepared the next X.509 CA");
+        Ok(authority)
+    }
+
+    /// Makes the prepared CA the signing one; the previous one becomes Old and its root stays
+    /// published until it expires. `expect_id` guards against activating someone else's CA.
+    pub fn x509_activate(
+        &self,
+        store: &dyn DataStore,
+        expect_id: Option<&str>,
+    ) -> Result<Authority, CaError> {
+        let slots = self.x509_slots();
+        let mut next = slots.prepared.ok_or(CaError::NothingPrepared)?;
+        if let Some(want) = expect_id.filter(|w| !w.is_empty())
+            && want != next.id
+        {
+            return Err(CaError::NothingPrepared);
+        }
+        let signer = signer_of(&next)?;
+        next.state = AuthorityState::Active;
+        let mut old = slots.active;
+        old.state = AuthorityState::Old;
+        store.put_authority(next.clone())?;
+        store.put_authority(old)?;
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        *self.x509.write().unwrap_or_else(|p| p.into_inner()) = X509Slots {
+            active: next.clone(),
+            prepared: None,
+        };
+        tracing::info!(authority_id = %next.id, "activated the next X.509 CA");
+        Ok(next)
     }
 
     /// The trust domain this CA serves.
@@ -180,6 +304,52 @@ impl Ca {
         let chain = self.signer().sign_leaf(&key, &params)?;
         Ok((chain, key.serialize_der()))
     }
+}
+
+/// Prepare at half life, activate when a sixth remains (SPIRE's schedule).
+fn schedule(active: &Authority) -> (i64, i64) {
+    let life = (active.not_after - active.not_before).max(0);
+    (active.not_before + life / 2, active.not_after - life / 6)
+}
+
+fn signer_of(a: &Authority) -> Result<CaSigner, CaError> {
+    let key = keys::from_pkcs8(&a.private_key_pkcs8)?;
+    let chain = a
+        .chain_der
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    Ok(CaSigner::new(
+        CertificateDer::from(a.cert_der.clone()),
+        key,
+        chain,
+    )?)
+}
+
+/// Makes a new CA record (self-signed or from the upstream authority) and adds its roots to
+/// `bundle`, bumping the sequence when that changed it.
+fn new_authority(
+    cfg: &Config,
+    bundle: &mut Bundle,
+    now: SystemTime,
+    state: AuthorityState,
+) -> Result<Authority, CaError> {
+    let (mut authority, roots) = match &cfg.upstream_authority {
+        None => self_signed(cfg, now)?,
+        Some(up) => from_upstream(&up.disk, cfg, now)?,
+    };
+    authority.state = state;
+    let mut changed = false;
+    for r in roots {
+        if !bundle.x509_authorities.contains(&r) {
+            bundle.x509_authorities.push(r);
+            changed = true;
+        }
+    }
+    if changed {
+        bundle.sequence += 1;
+    }
+    Ok(authority)
 }
 
 fn prune_expired(bundle: &mut Bundle, now: SystemTime) {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sigil_core::TrustDomain;
+use sigil_core::jwt::JwtKeyType;
 use sigil_core::keys::KeyType;
 
 /// Why a configuration cannot be used.
@@ -66,6 +67,7 @@ struct FileConfig {
     default_x509_svid_ttl: Option<String>,
     default_jwt_svid_ttl: Option<String>,
     jwt_issuer: Option<String>,
+    jwt_key_type: Option<String>,
     log_level: Option<String>,
     log_format: Option<String>,
     upstream_authority: Option<UpstreamAuthority>,
@@ -101,6 +103,8 @@ pub struct Config {
     pub default_jwt_svid_ttl: Duration,
     /// `iss` claim of JWT-SVIDs; none by default.
     pub jwt_issuer: Option<String>,
+    /// Key type of the JWT-SVID signing keys (`ES256` or `ES384`). Default `ES256`.
+    pub jwt_key_type: JwtKeyType,
     /// tracing filter. Default `info`.
     pub log_level: String,
     /// Default text.
@@ -170,7 +174,14 @@ impl Config {
             None => KeyType::EcP256,
             Some(s) => KeyType::parse(s).ok_or_else(|| ConfigError::Invalid {
                 key: "ca_key_type",
-                reason: format!("{s:?} is not one of ec-p256, ec-p384"),
+                reason: format!("{s:?} is not one of ec-p256, ec-p384, rsa-2048"),
+            })?,
+        };
+        let jwt_key_type = match f.jwt_key_type.as_deref() {
+            None => JwtKeyType::Es256,
+            Some(s) => JwtKeyType::parse(s).ok_or_else(|| ConfigError::Invalid {
+                key: "jwt_key_type",
+                reason: jwt_key_type_refusal(s),
             })?,
         };
         let log_format = match o.log_format.or(f.log_format).as_deref() {
@@ -210,7 +221,8 @@ impl Config {
                 f.default_jwt_svid_ttl.as_deref(),
                 Duration::from_secs(300),
             )?,
-            jwt_issuer: f.jwt_issuer,
+            jwt_issuer: f.jwt_issuer.filter(|i| !i.is_empty()),
+            jwt_key_type,
             log_level: o.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             upstream_authority: f.upstream_authority,
@@ -222,6 +234,18 @@ impl Config {
             });
         }
         Ok(cfg)
+    }
+}
+
+/// Why a `jwt_key_type` value is refused, with the reason for the ones people expect to work.
+fn jwt_key_type_refusal(s: &str) -> String {
+    let upper = s.to_ascii_uppercase();
+    if upper.starts_with("RS") || upper.starts_with("PS") {
+        format!("{s:?} is not offered: ring cannot generate RSA keys; use ES256 or ES384")
+    } else if upper == "ES512" {
+        format!("{s:?} is not offered: common JWT clients cannot verify ES512; use ES256 or ES384")
+    } else {
+        format!("{s:?} is not one of ES256, ES384")
     }
 }
 
@@ -287,6 +311,8 @@ mod tests {
         assert_eq!(c.default_x509_svid_ttl, Duration::from_secs(3600));
         assert_eq!(c.default_jwt_svid_ttl, Duration::from_secs(300));
         assert_eq!(c.ca_key_type, KeyType::EcP256);
+        assert_eq!(c.jwt_key_type, JwtKeyType::Es256);
+        assert_eq!(c.jwt_issuer, None);
         assert_eq!(c.admin_socket_path, PathBuf::from(DEFAULT_ADMIN_SOCKET));
     }
 
@@ -305,6 +331,18 @@ mod tests {
             ("trust_domain = \"a\"\nca_ttl = \"soon\"", "ca_ttl"),
             ("trust_domain = \"a\"\nca_key_type = \"dsa\"", "ca_key_type"),
             (
+                "trust_domain = \"a\"\njwt_key_type = \"RS256\"",
+                "jwt_key_type",
+            ),
+            (
+                "trust_domain = \"a\"\njwt_key_type = \"ES512\"",
+                "jwt_key_type",
+            ),
+            (
+                "trust_domain = \"a\"\njwt_key_type = \"HS256\"",
+                "jwt_key_type",
+            ),
+            (
                 "trust_domain = \"a\"\nbind_address = \"nowhere\"",
                 "bind_address",
             ),
@@ -315,6 +353,24 @@ mod tests {
                 .to_string();
             assert!(e.contains(key), "{toml}: {e}");
         }
+    }
+
+    #[test]
+    fn jwt_keys() {
+        let c = Config::from_toml(
+            "trust_domain = \"a\"\njwt_key_type = \"ES384\"\njwt_issuer = \"https://a\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.jwt_key_type, JwtKeyType::Es384);
+        assert_eq!(c.jwt_issuer.as_deref(), Some("https://a"));
+        let e = Config::from_toml(
+            "trust_domain = \"a\"\njwt_key_type = \"RS256\"",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("RSA"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`datastore`]: the `DataStore` trait and its sled implementation.
 //! - [`ca`]: the signing CA and the own trust bundle.
+//! - [`jwt`]: JWT-SVID signing keys, their rotation and publication.
 //! - [`registry`]: in-memory entries, agent authorization and change broadcast.
 //! - [`api`]: gRPC services (agent-facing `Node` and sync, admin services).
 //! - [`convert`]: wire <-> record conversion and input validation.
@@ -17,7 +18,9 @@ pub mod client;
 pub mod config;
 pub mod convert;
 pub mod datastore;
+pub mod jwt;
 pub mod registry;
 pub mod serve;
 pub mod state;
 pub mod status;
+pub mod x509_rotation;

@@ -25,6 +25,7 @@ pub struct Registry {
     revision: watch::Sender<u64>,
     server_id: SpiffeId,
     authorized_cache: RwLock<HashMap<SpiffeId, (u64, Authorized)>>,
+    closed: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -48,7 +49,20 @@ impl Registry {
             revision: tx,
             server_id,
             authorized_cache: RwLock::new(HashMap::new()),
+            closed: watch::channel(false).0,
         }
+    }
+
+    /// Ends every sync stream: the server is shutting down, and graceful shutdown waits for
+    /// open streams, which would otherwise never finish.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
+    }
+
+    /// Resolves once [`Registry::close`] was called.
+    pub async fn closed(&self) {
+        let mut rx = self.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
     }
 
     /// Subscribes to revision changes (entries, agents, bundles).

@@ -66,6 +66,8 @@ pub struct Running {
 impl Running {
     /// Stops serving and waits for the listeners to close.
     pub async fn shutdown(self) {
+        // Sync streams never end on their own; graceful shutdown waits for them.
+        self.state.registry.close();
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
@@ -170,6 +172,7 @@ pub async fn start(cfg: Config) -> Result<Running, ServeError> {
         registry,
         write_lock: tokio::sync::Mutex::new(()),
         server_id,
+        trust: trust.clone(),
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -223,6 +226,9 @@ pub async fn start(cfg: Config) -> Result<Running, ServeError> {
             .add_service(pb::tokens_server::TokensServer::new(admin.clone()))
             .add_service(pb::agents_server::AgentsServer::new(admin.clone()))
             .add_service(pb::bundles_server::BundlesServer::new(admin.clone()))
+            .add_service(pb::local_authority_server::LocalAuthorityServer::new(
+                admin.clone(),
+            ))
             .add_service(pb::health_server::HealthServer::new(admin))
             .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), async move {
                 let _ = sd.changed().await;
@@ -232,6 +238,18 @@ pub async fn start(cfg: Config) -> Result<Running, ServeError> {
             tracing::error!(error = %e, "admin API stopped");
         }
     }));
+
+    // Rotate the X.509 CA on its prepare/activate schedule.
+    tasks.push(tokio::spawn(crate::x509_rotation::run(
+        Arc::clone(&state),
+        shutdown_rx.clone(),
+    )));
+
+    // Rotate the JWT signing keys on their prepare/activate schedule.
+    tasks.push(tokio::spawn(crate::jwt::run(
+        Arc::clone(&state),
+        shutdown_rx.clone(),
+    )));
 
     // Renew the server's own SVID at half its lifetime, without touching the listener.
     let mut sd = shutdown_rx.clone();

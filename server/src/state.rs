@@ -25,6 +25,8 @@ pub struct State {
     pub write_lock: tokio::sync::Mutex<()>,
     /// `spiffe://<td>/sigil/server`.
     pub server_id: SpiffeId,
+    /// Roots the agent-facing TLS listener trusts; updated when the own bundle's roots change.
+    pub trust: sigil_core::tls::TrustStore,
 }
 
 impl std::fmt::Debug for State {

@@ -26,6 +26,10 @@ pub enum ApiError {
     /// Not yet provided by this server.
     #[error("{0}")]
     Unimplemented(&'static str),
+    /// The request is well-formed but the server is not in a state to do it (e.g. activating a
+    /// JWT key when none is prepared).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// Storage error (NotFound/AlreadyExists pass through with their message).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -53,9 +57,11 @@ impl ApiError {
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unimplemented(_) => Code::Unimplemented,
+            Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Store(StoreError::NotFound(_)) => Code::NotFound,
             Self::Store(StoreError::AlreadyExists(_)) => Code::AlreadyExists,
             Self::Store(StoreError::Expired(_)) => Code::PermissionDenied,
+            Self::Ca(CaError::NothingPrepared) => Code::FailedPrecondition,
             Self::Store(_) | Self::Ca(_) | Self::Internal(_) => Code::Internal,
         }
     }
@@ -84,6 +90,9 @@ mod tests {
         let s: Status =
             ApiError::Store(StoreError::NotFound("entry \"x\" not found".into())).into();
         assert_eq!(s.code(), Code::NotFound);
+        let s: Status = ApiError::FailedPrecondition("no key is prepared".into()).into();
+        assert_eq!(s.code(), Code::FailedPrecondition);
+        assert_eq!(s.message(), "no key is prepared");
         let s: Status = ApiError::Store(StoreError::AlreadyExists("dup".into())).into();
         assert_eq!(s.code(), Code::AlreadyExists);
         let s: Status = ApiError::Internal("secret detail".into()).into();

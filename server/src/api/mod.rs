@@ -1,6 +1,7 @@
-//! gRPC services: agent-facing (`node`, `sync`) over mTLS and admin-facing (`admin`) on the
-//! admin Unix socket.
+//! gRPC services: agent-facing (`node`, `sync`) over mTLS and admin-facing (`admin`,
+//! `localauthority`) on the admin Unix socket.
 
 pub mod admin;
+pub mod localauthority;
 pub mod node;
 pub mod sync;

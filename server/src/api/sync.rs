@@ -118,6 +118,8 @@ async fn run(
         tokio::select! {
             r = rev_rx.changed() => if r.is_err() { return Err(SyncEnd::Closed) },
             _ = tx.closed() => return Err(SyncEnd::Closed),
+            // The agent sees the stream end and reconnects (to this server once restarted).
+            _ = state.registry.closed() => return Err(SyncEnd::Closed),
         }
         let rev = *rev_rx.borrow_and_update();
         let id = agent.id.clone();

@@ -225,4 +225,9 @@ pub trait DataStore: Send + Sync + 'static {
 
     /// Every stored authority, ordered by ID. Not paginated: rotation keeps at most a few.
     fn list_authorities(&self) -> Result<Vec<Authority>>;
+
+    /// Removes an authority (one whose validity has ended, or a prepared key replaced before it
+    /// ever signed), so rotation does not pile up records. [`StoreError::NotFound`] if there is
+    /// none.
+    fn delete_authority(&self, id: &str) -> Result<()>;
 }

@@ -391,6 +391,18 @@ impl DataStore for SledStore {
         self.flush()
     }
 
+    fn delete_authority(&self, id: &str) -> Result<()> {
+        if self
+            .authorities
+            .remove(id.as_bytes())
+            .map_err(backend)?
+            .is_none()
+        {
+            return Err(StoreError::NotFound(format!("authority {id:?}")));
+        }
+        self.flush()
+    }
+
     fn list_authorities(&self) -> Result<Vec<Authority>> {
         let mut out = Vec::new();
         for kv in self.authorities.iter() {

@@ -237,7 +237,7 @@ pub(crate) fn authority_round_trip(store: &dyn DataStore) {
     ca.state = AuthorityState::Active;
     store.put_authority(ca.clone()).unwrap();
     let listed = store.list_authorities().unwrap();
-    assert_eq!(listed, vec![ca, jwt]);
+    assert_eq!(listed, vec![ca.clone(), jwt.clone()]);
 
     let debug = format!("{:?} {:#?}", listed[0], listed);
     assert!(debug.contains("<redacted>"));
@@ -247,4 +247,11 @@ pub(crate) fn authority_round_trip(store: &dyn DataStore) {
             "Debug leaks key material ({needle}): {debug}"
         );
     }
+
+    store.delete_authority("jwt-1").unwrap();
+    assert_eq!(store.list_authorities().unwrap(), vec![ca]);
+    assert!(matches!(
+        store.delete_authority("jwt-1"),
+        Err(StoreError::NotFound(_))
+    ));
 }
