@@ -19,7 +19,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::Rng;
 use ring::rand::SystemRandom;
-use ring::signature::{self, EcdsaKeyPair, KeyPair};
+use ring::signature::{self, EcdsaKeyPair, KeyPair, RsaKeyPair};
 use serde_json::{Map, Value};
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::PublicKey;
@@ -182,9 +182,8 @@ impl fmt::Display for JwtAlg {
     }
 }
 
-/// Key types the server can generate for signing JWT-SVIDs. RSA is absent because ring cannot
-/// generate RSA keys, and ES512 because common clients (jsonwebtoken, hence rust-spiffe) cannot
-/// verify it.
+/// Key types the server can generate for signing JWT-SVIDs. ES512 is absent because common
+/// clients (jsonwebtoken, hence rust-spiffe) cannot verify it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum JwtKeyType {
     /// ECDSA P-256, tokens signed ES256: the default, verifiable everywhere.
@@ -192,14 +191,18 @@ pub enum JwtKeyType {
     Es256,
     /// ECDSA P-384, tokens signed ES384.
     Es384,
+    /// RSA 2048, tokens signed RS256 (for relying parties that only take RSA).
+    Rs256,
 }
 
 impl JwtKeyType {
-    /// Parses the configuration spelling: `ES256`/`ES384` (any case) or `ec-p256`/`ec-p384`.
+    /// Parses the configuration spelling: `ES256`/`ES384`/`RS256` (any case) or
+    /// `ec-p256`/`ec-p384`/`rsa-2048`.
     pub fn parse(s: &str) -> Option<Self> {
         match s.to_ascii_lowercase().as_str() {
             "es256" | "ec-p256" => Some(Self::Es256),
             "es384" | "ec-p384" => Some(Self::Es384),
+            "rs256" | "rsa-2048" => Some(Self::Rs256),
             _ => None,
         }
     }
@@ -209,17 +212,23 @@ impl JwtKeyType {
         match self {
             Self::Es256 => JwtAlg::Es256,
             Self::Es384 => JwtAlg::Es384,
+            Self::Rs256 => JwtAlg::Rs256,
         }
     }
 
-    /// The key type of a DER SubjectPublicKeyInfo this module produced (P-256 or P-384), e.g. to
-    /// tell which algorithm a stored key signs with; `None` for any other key.
+    /// The key type of a DER SubjectPublicKeyInfo this module produced (P-256, P-384 or RSA),
+    /// e.g. to tell which algorithm a stored key signs with; `None` for any other key.
     pub fn of_public_key(spki_der: &[u8]) -> Option<Self> {
+        if spki_der.starts_with(&[0x30, 0x82])
+            && spki_der.get(4..4 + RSA_ALG_ID.len()) == Some(RSA_ALG_ID)
+        {
+            return Some(Self::Rs256);
+        }
         [Self::Es256, Self::Es384].into_iter().find(|k| {
             let prefix = k.spki_prefix();
             let point = match k {
                 Self::Es256 => 65,
-                Self::Es384 => 97,
+                _ => 97,
             };
             spki_der.len() == prefix.len() + point && spki_der.starts_with(prefix)
         })
@@ -227,8 +236,8 @@ impl JwtKeyType {
 
     fn signing_alg(self) -> &'static signature::EcdsaSigningAlgorithm {
         match self {
-            Self::Es256 => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
             Self::Es384 => &signature::ECDSA_P384_SHA384_FIXED_SIGNING,
+            _ => &signature::ECDSA_P256_SHA256_FIXED_SIGNING,
         }
     }
 
@@ -236,7 +245,7 @@ impl JwtKeyType {
     /// precedes the uncompressed point.
     fn spki_prefix(self) -> &'static [u8] {
         match self {
-            Self::Es256 => &[
+            Self::Es256 | Self::Rs256 => &[
                 0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06,
                 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
             ],
@@ -246,6 +255,35 @@ impl JwtKeyType {
             ],
         }
     }
+}
+
+/// DER AlgorithmIdentifier of rsaEncryption (OID 1.2.840.113549.1.1.1, NULL parameters).
+const RSA_ALG_ID: &[u8] = &[
+    0x30, 0x0d, 0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01, 0x05, 0x00,
+];
+
+/// Wraps a PKCS#1 RSAPublicKey into a SubjectPublicKeyInfo.
+fn rsa_spki(pkcs1: &[u8]) -> Vec<u8> {
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = body.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    let mut bits = vec![0u8];
+    bits.extend_from_slice(pkcs1);
+    tlv(0x30, &[RSA_ALG_ID.to_vec(), tlv(0x03, &bits)].concat())
 }
 
 /// A fresh random key ID: 32 ASCII letters and digits, safe in headers, JWKS and file names.
@@ -275,14 +313,28 @@ impl fmt::Debug for GeneratedKey {
 
 /// Generates a JWT signing key of `kind`.
 pub fn generate_key(kind: JwtKeyType) -> Result<GeneratedKey, JwtError> {
-    let rng = SystemRandom::new();
-    let doc = EcdsaKeyPair::generate_pkcs8(kind.signing_alg(), &rng)
-        .map_err(|_| JwtError::Key("key generation failed".into()))?;
-    let signer = JwtSigner::from_pkcs8(String::new(), doc.as_ref())?;
+    let pkcs8 = if kind == JwtKeyType::Rs256 {
+        crate::keys::generate(crate::keys::KeyType::Rsa2048)
+            .map_err(|e| JwtError::Key(e.to_string()))?
+            .serialize_der()
+    } else {
+        let rng = SystemRandom::new();
+        EcdsaKeyPair::generate_pkcs8(kind.signing_alg(), &rng)
+            .map_err(|_| JwtError::Key("key generation failed".into()))?
+            .as_ref()
+            .to_vec()
+    };
+    let signer = JwtSigner::from_pkcs8(String::new(), &pkcs8)?;
     Ok(GeneratedKey {
-        pkcs8: doc.as_ref().to_vec(),
         public_key_der: signer.public_key_der(),
+        pkcs8,
     })
+}
+
+/// The private half of a signing key.
+enum SigningKey {
+    Ec(EcdsaKeyPair),
+    Rsa(RsaKeyPair),
 }
 
 /// The claims of a JWT-SVID to sign.
@@ -300,12 +352,12 @@ pub struct JwtClaims<'a> {
     pub issuer: Option<&'a str>,
 }
 
-/// An ECDSA key that signs JWT-SVIDs under a key ID. Cheap to share behind an `Arc`; signing
-/// takes `&self`.
+/// An ECDSA or RSA key that signs JWT-SVIDs under a key ID. Cheap to share behind an `Arc`;
+/// signing takes `&self`.
 pub struct JwtSigner {
     kind: JwtKeyType,
     kid: String,
-    key: EcdsaKeyPair,
+    key: SigningKey,
     rng: SystemRandom,
 }
 
@@ -320,7 +372,7 @@ impl fmt::Debug for JwtSigner {
 }
 
 impl JwtSigner {
-    /// Loads a PKCS#8 ECDSA P-256 or P-384 key that will sign under `kid`.
+    /// Loads a PKCS#8 ECDSA P-256/P-384 or RSA key that will sign under `kid`.
     pub fn from_pkcs8(kid: String, pkcs8: &[u8]) -> Result<Self, JwtError> {
         let rng = SystemRandom::new();
         for kind in [JwtKeyType::Es256, JwtKeyType::Es384] {
@@ -328,13 +380,21 @@ impl JwtSigner {
                 return Ok(Self {
                     kind,
                     kid,
-                    key,
+                    key: SigningKey::Ec(key),
                     rng,
                 });
             }
         }
+        if let Ok(key) = RsaKeyPair::from_pkcs8(pkcs8) {
+            return Ok(Self {
+                kind: JwtKeyType::Rs256,
+                kid,
+                key: SigningKey::Rsa(key),
+                rng,
+            });
+        }
         Err(JwtError::Key(
-            "not a PKCS#8 ECDSA P-256 or P-384 private key".into(),
+            "not a PKCS#8 ECDSA P-256/P-384 or RSA private key".into(),
         ))
     }
 
@@ -355,9 +415,14 @@ impl JwtSigner {
 
     /// DER SubjectPublicKeyInfo of the key, as bundles publish it.
     pub fn public_key_der(&self) -> Vec<u8> {
-        let mut out = self.kind.spki_prefix().to_vec();
-        out.extend_from_slice(self.key.public_key().as_ref());
-        out
+        match &self.key {
+            SigningKey::Ec(k) => {
+                let mut out = self.kind.spki_prefix().to_vec();
+                out.extend_from_slice(k.public_key().as_ref());
+                out
+            }
+            SigningKey::Rsa(k) => rsa_spki(k.public().as_ref()),
+        }
     }
 
     /// Signs `claims` into a compact JWS.
@@ -384,12 +449,25 @@ impl JwtSigner {
         let mut token = b64_json(&header)?;
         token.push('.');
         token.push_str(&b64_json(&Value::Object(payload))?);
-        let sig = self
-            .key
-            .sign(&self.rng, token.as_bytes())
-            .map_err(|_| JwtError::Key("signing failed".into()))?;
+        let sig = match &self.key {
+            SigningKey::Ec(k) => k
+                .sign(&self.rng, token.as_bytes())
+                .map(|s| s.as_ref().to_vec())
+                .map_err(|_| JwtError::Key("signing failed".into()))?,
+            SigningKey::Rsa(k) => {
+                let mut sig = vec![0; k.public().modulus_len()];
+                k.sign(
+                    &signature::RSA_PKCS1_SHA256,
+                    &self.rng,
+                    token.as_bytes(),
+                    &mut sig,
+                )
+                .map_err(|_| JwtError::Key("signing failed".into()))?;
+                sig
+            }
+        };
         token.push('.');
-        token.push_str(&URL_SAFE_NO_PAD.encode(sig.as_ref()));
+        token.push_str(&URL_SAFE_NO_PAD.encode(&sig));
         Ok(token)
     }
 }
@@ -639,6 +717,42 @@ mod tests {
         SpiffeId::parse("spiffe://example.org/workload").unwrap()
     }
 
+    #[test]
+    fn rs256_keys_sign_verifiable_tokens() {
+        let k = generate_key(JwtKeyType::Rs256).unwrap();
+        assert_eq!(
+            JwtKeyType::of_public_key(&k.public_key_der),
+            Some(JwtKeyType::Rs256)
+        );
+        let s = JwtSigner::from_pkcs8("rsa-kid".into(), &k.pkcs8).unwrap();
+        assert_eq!(s.alg(), JwtAlg::Rs256);
+        assert_eq!(s.public_key_der(), k.public_key_der);
+        let sub = SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let aud = vec!["A".to_owned()];
+        let token = s
+            .sign(&JwtClaims {
+                subject: &sub,
+                audience: &aud,
+                issued_at: NOW,
+                expires_at: NOW + 300,
+                issuer: None,
+            })
+            .unwrap();
+        let mut b = Bundle::new(td());
+        b.jwt_authorities.push(JwtAuthority {
+            key_id: "rsa-kid".into(),
+            public_key_der: k.public_key_der.clone(),
+            expires_at: 0,
+        });
+        let v = verify(&token, "A", &[&b], NOW).unwrap();
+        assert_eq!(v.alg, JwtAlg::Rs256);
+        assert!(verify(&token, "B", &[&b], NOW).is_err());
+        // The bundle document carries the RSA key as a JWK and reads back identically.
+        let doc = b.to_spiffe_json().unwrap();
+        let back = Bundle::from_spiffe_json(td(), doc.as_bytes()).unwrap();
+        assert_eq!(back.jwt_authorities[0].public_key_der, k.public_key_der);
+    }
+
     fn signer(kind: JwtKeyType) -> JwtSigner {
         let k = generate_key(kind).unwrap();
         JwtSigner::from_pkcs8(new_key_id(), &k.pkcs8).unwrap()
@@ -689,7 +803,10 @@ mod tests {
     /// Signs `header.payload` with `s` (whatever the header claims).
     fn sign_raw(s: &JwtSigner, header: &Value, payload: &Value) -> String {
         let input = format!("{}.{}", b64(header), b64(payload));
-        let sig = s.key.sign(&s.rng, input.as_bytes()).unwrap();
+        let SigningKey::Ec(key) = &s.key else {
+            panic!("test signer is ECDSA")
+        };
+        let sig = key.sign(&s.rng, input.as_bytes()).unwrap();
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
     }
 
@@ -797,7 +914,8 @@ mod tests {
         assert_eq!(JwtKeyType::parse("es384"), Some(JwtKeyType::Es384));
         assert_eq!(JwtKeyType::parse("ec-p256"), Some(JwtKeyType::Es256));
         assert_eq!(JwtKeyType::parse("ES512"), None);
-        assert_eq!(JwtKeyType::parse("RS256"), None);
+        assert_eq!(JwtKeyType::parse("RS256"), Some(JwtKeyType::Rs256));
+        assert_eq!(JwtKeyType::parse("PS256"), None);
         assert_eq!(JwtKeyType::default(), JwtKeyType::Es256);
         for a in [
             "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512",

@@ -103,7 +103,7 @@ pub struct Config {
     pub default_jwt_svid_ttl: Duration,
     /// `iss` claim of JWT-SVIDs; none by default.
     pub jwt_issuer: Option<String>,
-    /// Key type of the JWT-SVID signing keys (`ES256` or `ES384`). Default `ES256`.
+    /// Key type of the JWT-SVID signing keys (`ES256`, `ES384` or `RS256`). Default `ES256`.
     pub jwt_key_type: JwtKeyType,
     /// tracing filter. Default `info`.
     pub log_level: String,
@@ -240,12 +240,12 @@ impl Config {
 /// Why a `jwt_key_type` value is refused, with the reason for the ones people expect to work.
 fn jwt_key_type_refusal(s: &str) -> String {
     let upper = s.to_ascii_uppercase();
-    if upper.starts_with("RS") || upper.starts_with("PS") {
-        format!("{s:?} is not offered: ring cannot generate RSA keys; use ES256 or ES384")
-    } else if upper == "ES512" {
-        format!("{s:?} is not offered: common JWT clients cannot verify ES512; use ES256 or ES384")
+    if upper == "ES512" {
+        format!(
+            "{s:?} is not offered: common JWT clients cannot verify ES512; use ES256, ES384 or RS256"
+        )
     } else {
-        format!("{s:?} is not one of ES256, ES384")
+        format!("{s:?} is not one of ES256, ES384, RS256")
     }
 }
 
@@ -331,7 +331,7 @@ mod tests {
             ("trust_domain = \"a\"\nca_ttl = \"soon\"", "ca_ttl"),
             ("trust_domain = \"a\"\nca_key_type = \"dsa\"", "ca_key_type"),
             (
-                "trust_domain = \"a\"\njwt_key_type = \"RS256\"",
+                "trust_domain = \"a\"\njwt_key_type = \"PS256\"",
                 "jwt_key_type",
             ),
             (
@@ -364,13 +364,19 @@ mod tests {
         .unwrap();
         assert_eq!(c.jwt_key_type, JwtKeyType::Es384);
         assert_eq!(c.jwt_issuer.as_deref(), Some("https://a"));
-        let e = Config::from_toml(
+        let c = Config::from_toml(
             "trust_domain = \"a\"\njwt_key_type = \"RS256\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.jwt_key_type, JwtKeyType::Rs256);
+        let e = Config::from_toml(
+            "trust_domain = \"a\"\njwt_key_type = \"PS256\"",
             Overrides::default(),
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("RSA"), "{e}");
+        assert!(e.contains("RS256"), "{e}");
     }
 
     #[test]

@@ -53,6 +53,20 @@ async fn own_bundle(srv: &TestServer) -> sigil_core::Bundle {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_signing_keys() {
+    let srv = TestServer::start_toml("jwt_key_type = \"RS256\"").await;
+    let a = srv.attest().await;
+    let e = srv
+        .create_entry(entry(&format!("spiffe://{TD}/jwt-rsa"), &a.id_str()))
+        .await;
+    let r = mint(&a, &e.id, &["A"]).await.unwrap();
+    let bundle = own_bundle(&srv).await;
+    let v = jwt::verify(&r.token, "A", &[&bundle], now()).unwrap();
+    assert_eq!(v.alg, jwt::JwtAlg::Rs256);
+    assert!(jwt::verify(&r.token, "B", &[&bundle], now()).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mint_for_an_authorized_entry() {
     let srv =
         TestServer::start_toml("jwt_issuer = \"https://iss.example\"\njwt_key_type = \"ES384\"")

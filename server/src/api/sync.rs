@@ -79,6 +79,9 @@ async fn run(
     let mut rev_rx = state.registry.subscribe();
     let rev = *rev_rx.borrow_and_update();
     let auth = state.registry.authorized(&agent.id, &sels);
+    // The index may already hold entries whose revision was not announced yet when `rev` was
+    // read; a message never claims less than what it carries.
+    let rev = auth.values().map(|e| e.revision).fold(rev, u64::max);
     let bundle = state.ca.bundle();
     let fed = federated(&state, &auth).await;
 
@@ -136,6 +139,8 @@ async fn run(
             .map(|e| entry_to_pb(e))
             .collect();
         upserts.sort_by(|a, b| a.id.cmp(&b.id));
+        // Entries indexed after `rev` was read (during the awaits above) are included already.
+        let rev = upserts.iter().map(|e| e.revision).fold(rev, u64::max);
         let removed: Vec<String> = sent
             .keys()
             .filter(|k| !auth.contains_key(*k))
