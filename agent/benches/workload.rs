@@ -433,6 +433,16 @@ impl ChildAgent {
     }
 }
 
+/// A panicking bench must not leave agents behind.
+impl Drop for ChildAgent {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 async fn wait_socket(p: &Path) {
     for _ in 0..2000 {
         if p.exists() {
