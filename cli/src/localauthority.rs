@@ -51,6 +51,21 @@ pub async fn run(globals: &Globals, cmd: LocalAuthorityCommand) -> Result<()> {
             Some("Activated JWT authority (now signing)."),
         ),
     };
+    emit(
+        globals,
+        headline,
+        || describe(&state),
+        || state_json(&state),
+    )
+}
+
+/// Prints a rotation state: an optional headline and SPIRE-like blocks, or JSON.
+fn emit(
+    globals: &Globals,
+    headline: Option<&str>,
+    human: impl FnOnce() -> String,
+    json: impl FnOnce() -> Value,
+) -> Result<()> {
     match globals.output {
         OutputFormat::Human => {
             let mut text = String::new();
@@ -58,10 +73,10 @@ pub async fn run(globals: &Globals, cmd: LocalAuthorityCommand) -> Result<()> {
                 text.push_str(h);
                 text.push_str("\n\n");
             }
-            text.push_str(&describe(&state));
+            text.push_str(&human());
             output::emit(&text)
         }
-        OutputFormat::Json => output::emit_json(&state_json(&state)),
+        OutputFormat::Json => output::emit_json(&json()),
     }
 }
 
@@ -95,18 +110,12 @@ async fn run_x509(
             Some("Activated X.509 authority (now signing)."),
         ),
     };
-    match globals.output {
-        OutputFormat::Human => {
-            let mut text = String::new();
-            if let Some(h) = headline {
-                text.push_str(h);
-                text.push_str("\n\n");
-            }
-            text.push_str(&describe_x509(&state));
-            output::emit(&text)
-        }
-        OutputFormat::Json => output::emit_json(&x509_json(&state)),
-    }
+    emit(
+        globals,
+        headline,
+        || describe_x509(&state),
+        || x509_json(&state),
+    )
 }
 
 fn x509_block(title: &str, a: Option<&pb::X509AuthorityInfo>) -> String {
