@@ -168,9 +168,12 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         let r = tonic::transport::Server::builder()
             .add_service(SpiffeWorkloadApiServer::new(api))
             .add_service(sds.into_service())
-            .serve_with_incoming_shutdown(crate::peer::incoming(listener), async move {
-                let _ = sd.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                sigil_socket::normalized(crate::peer::incoming(listener)),
+                async move {
+                    let _ = sd.changed().await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "Workload API stopped");
@@ -185,7 +188,9 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         let r = tonic::transport::Server::builder()
             .add_service(pb::health_server::HealthServer::new(health))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(admin_listener),
+                sigil_socket::normalized(tokio_stream::wrappers::UnixListenerStream::new(
+                    admin_listener,
+                )),
                 async move {
                     let _ = sd.changed().await;
                 },

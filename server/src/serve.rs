@@ -230,9 +230,12 @@ pub async fn start(cfg: Config) -> Result<Running, ServeError> {
                 admin.clone(),
             ))
             .add_service(pb::health_server::HealthServer::new(admin))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), async move {
-                let _ = sd.changed().await;
-            })
+            .serve_with_incoming_shutdown(
+                sigil_socket::normalized(UnixListenerStream::new(admin_listener)),
+                async move {
+                    let _ = sd.changed().await;
+                },
+            )
             .await;
         if let Err(e) = r {
             tracing::error!(error = %e, "admin API stopped");
