@@ -9,6 +9,7 @@
 //! - [`cluster`]: a server and an agent in one temporary directory, joined with a join token,
 //!   plus helpers to register and fetch through the CLI.
 //! - [`mtls`]: the `mtls-server` / `mtls-client` example programs.
+//! - [`python`]: the Python interpreter (py-spiffe, grpcio) and scripts of the interop tests.
 //!
 //! Tests that need other uids (workload isolation) run only as root and print why they skip
 //! otherwise.
@@ -18,3 +19,4 @@ pub mod bins;
 pub mod cluster;
 pub mod mtls;
 pub mod process;
+pub mod python;
