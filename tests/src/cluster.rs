@@ -161,6 +161,8 @@ pub struct Agent {
     pub proc: Spawned,
     /// Its Workload API socket.
     pub socket: PathBuf,
+    /// Its admin (health) socket.
+    pub admin_socket: PathBuf,
 }
 
 impl Agent {
@@ -187,7 +189,11 @@ impl Agent {
             check.arg("healthcheck").arg("--socket").arg(&admin);
             Out::run(&mut check).status.success().then_some(())
         });
-        Self { proc, socket }
+        Self {
+            proc,
+            socket,
+            admin_socket: admin,
+        }
     }
 }
 

@@ -190,3 +190,26 @@ fn grpcio_without_security_header_is_invalid_argument() {
         );
     }
 }
+
+/// The admin sockets (the server's and the agent's) serve grpcio clients too, whatever
+/// `:authority` they send.
+#[test]
+fn grpcio_on_both_admin_sockets() {
+    let c = cluster();
+    for socket in [&c.server.admin_socket, &c.agent.admin_socket] {
+        let socket = socket.to_str().expect("socket path is not UTF-8");
+        let args = [
+            "--socket",
+            socket,
+            "--authority",
+            "raw",
+            "--authority",
+            "default",
+        ];
+        let out = run_script(c.env.path(), "admin_health.py", &args, SCRIPT_TIMEOUT);
+        let what = format!("admin_health.py {args:?}");
+        assert!(out.succeeded(), "{}", out.explain(&what));
+        let r = out.ok(&what);
+        assert!(num(&r["raw"]) >= 2 && num(&r["default"]) >= 2, "{r}");
+    }
+}
