@@ -115,6 +115,11 @@ pub struct Authority {
     /// Upstream certificates above `cert_der`, nearest first; empty for a self-signed root.
     #[serde(with = "b64_vec")]
     pub chain_der: Vec<Vec<u8>>,
+    /// The trust anchors `cert_der` chains to (itself when self-signed), which must be in the
+    /// own bundle for as long as this CA can sign; start-up puts back any that are missing.
+    /// Empty for JWT keys and for records written before this field existed.
+    #[serde(default, with = "b64_vec")]
+    pub roots_der: Vec<Vec<u8>>,
     /// DER SubjectPublicKeyInfo of the key.
     #[serde(with = "b64")]
     pub public_key_der: Vec<u8>,
@@ -139,6 +144,10 @@ impl fmt::Debug for Authority {
             .field(
                 "chain_der",
                 &format_args!("<{} certificates>", self.chain_der.len()),
+            )
+            .field(
+                "roots_der",
+                &format_args!("<{} certificates>", self.roots_der.len()),
             )
             .field(
                 "public_key_der",
@@ -202,6 +211,7 @@ mod tests {
             kind: AuthorityKind::X509Ca,
             cert_der: vec![1, 2, 3],
             chain_der: vec![vec![4, 5], vec![6]],
+            roots_der: vec![vec![9]],
             public_key_der: vec![7, 8],
             private_key_pkcs8: vec![0xde, 0xad, 0xbe, 0xef],
             not_before: 10,
@@ -220,6 +230,15 @@ mod tests {
         );
         assert!(json.contains("\"chain_der\":[\"BAU=\",\"Bg==\"]"), "{json}");
         assert_eq!(serde_json::from_str::<Authority>(&json).unwrap(), a);
+    }
+
+    #[test]
+    fn authority_written_before_roots_der_still_decodes() {
+        let mut a = authority();
+        let mut json: serde_json::Value = serde_json::to_value(&a).unwrap();
+        json.as_object_mut().unwrap().remove("roots_der");
+        a.roots_der.clear();
+        assert_eq!(serde_json::from_value::<Authority>(json).unwrap(), a);
     }
 
     #[test]
