@@ -233,9 +233,11 @@ async fn sign_batch(
             ),
         }
     }
+    let issued: std::collections::HashSet<&str> =
+        svids.iter().map(|s| s.entry_id.as_str()).collect();
     let refused = all
         .into_iter()
-        .filter(|e| !svids.iter().any(|s| s.entry_id == e.id))
+        .filter(|e| !issued.contains(e.id.as_str()))
         .collect();
     Ok(Signed { svids, refused })
 }
