@@ -2,7 +2,9 @@
 //! until half their lifetime has passed, and validated for workloads against the JWT bundles the
 //! agent holds (own trust domain plus the workload's federated ones).
 //!
-//! The server signs; the agent never holds a JWT signing key. Verification is
+//! The server signs; the agent never holds a JWT signing key, but checks every token it is given
+//! ([`crate::verify::jwt_svid`]: the entry's SPIFFE ID, every requested audience, a signature by
+//! a key of the own JWT bundle) before caching or serving it. Verification is
 //! [`sigil_core::jwt::verify`], the same code the server's tests use, so the two cannot disagree
 //! on what a valid JWT-SVID is.
 
@@ -207,11 +209,12 @@ impl JwtSvids {
     }
 
     /// A token for `entry` and `audience`: the cached one while fresh, else a new one from the
-    /// server.
+    /// server, checked against the own bundle `own` before it is cached or served.
     pub async fn fetch(
         &self,
         entry: &Entry,
         audience: &[String],
+        own: Option<&Bundle>,
     ) -> Result<Arc<CachedJwt>, Status> {
         let key = CacheKey::new(entry, audience);
         let now = unix_secs(SystemTime::now());
@@ -234,11 +237,24 @@ impl JwtSvids {
                 entry.spiffe_id
             )));
         }
+        let verified =
+            crate::verify::jwt_svid(&resp.token, &entry.spiffe_id, key.audience(), own, now)
+                .map_err(|e| {
+                    tracing::error!(
+                        entry_id = %entry.id, spiffe_id = %entry.spiffe_id, reason = %e,
+                        "the server returned a JWT-SVID that fails verification; not serving it"
+                    );
+                    Status::unavailable(format!(
+                        "the server's JWT-SVID for {} failed verification: {e}",
+                        entry.spiffe_id
+                    ))
+                })?;
         let jwt = Arc::new(CachedJwt {
             spiffe_id: resp.spiffe_id,
             token: resp.token,
-            issued_at: resp.issued_at,
-            expires_at: resp.expires_at,
+            // The checked `exp`, not what the server said beside the token.
+            issued_at: resp.issued_at.min(now),
+            expires_at: verified.expires_at,
         });
         self.cache.insert(key, Arc::clone(&jwt));
         Ok(jwt)
@@ -278,8 +294,10 @@ impl JwtSvids {
             (Some(_), _) => entries.into_iter().take(1).collect(),
             (None, _) => entries,
         };
+        let own = snap.bundle.as_ref().map(|b| &b.bundle);
         let tokens =
-            futures::future::try_join_all(chosen.iter().map(|e| self.fetch(e, audience))).await?;
+            futures::future::try_join_all(chosen.iter().map(|e| self.fetch(e, audience, own)))
+                .await?;
         Ok(chosen
             .iter()
             .zip(tokens)

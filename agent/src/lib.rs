@@ -7,6 +7,7 @@
 //! - [`sync`]: the push-sync stream from the server, applied to the cache.
 //! - [`cache`]: entries, SVIDs and bundles as watchable snapshots.
 //! - [`rotate`]: issuing and renewing workload SVIDs.
+//! - [`verify`]: checking every SVID the server returns before it is served.
 //! - [`peer`], [`attestation`]: who is calling the socket.
 //! - [`workload_api`]: the SPIFFE Workload API service.
 //! - [`jwt`]: JWT-SVIDs: minting through the server, the token cache, validation.
@@ -24,4 +25,5 @@ pub mod rotate;
 pub mod sds;
 pub mod serve;
 pub mod sync;
+pub mod verify;
 pub mod workload_api;

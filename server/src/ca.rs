@@ -5,19 +5,31 @@
 //! SPIRE's schedule: the next CA is prepared (and published in the bundle, so relying parties
 //! learn it before it signs anything) at half the active CA's life and activated when a sixth of
 //! it remains; old roots stay in the bundle until they expire.
+//!
+//! Every change to the authorities (X.509 CAs and JWT keys) is stored in one transaction with
+//! the own bundle that publishes it ([`DataStore::write_authorities`]), so a crash cannot leave
+//! an authority that can sign without its root or key in the stored bundle. Start-up checks it
+//! anyway: the roots of every stored CA that can sign and every live JWT key are put back into
+//! the bundle if missing (a store written by an older server may lack them).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use rcgen::PublicKeyData;
 use rustls_pki_types::CertificateDer;
 use sigil_core::keys::{self, CsrKey, KeyError};
-use sigil_core::x509::{self, BuildError, CaSigner, LeafParams, unix_secs};
+use sigil_core::x509::{BuildError, CaSigner, LeafParams, unix_secs};
 use sigil_core::{Bundle, SpiffeId, TrustDomain};
 
-use crate::config::{Config, DiskAuthority};
-use crate::datastore::{Authority, AuthorityKind, AuthorityState, DataStore, StoreError};
-use crate::jwt::JwtKeys;
+use crate::config::Config;
+use crate::datastore::{
+    Authority, AuthorityKind, AuthorityState, AuthorityWrite, DataStore, StoreError,
+};
+use crate::jwt::{JwtKeys, KeyInfo};
+
+mod build;
+
+use self::build::{new_authority, roots_of};
+use crate::status::ApiError;
 
 /// Why the CA cannot start or sign.
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +73,9 @@ pub struct Ca {
     x509: RwLock<X509Slots>,
     signer: RwLock<Arc<CaSigner>>,
     bundle: RwLock<Arc<Bundle>>,
+    /// Serializes authority changes: each reads the bundle, stores the change together with the
+    /// next bundle, then installs it. Taken before the JWT keys' own lock.
+    commit: Mutex<()>,
     jwt: JwtKeys,
 }
 
@@ -72,9 +87,28 @@ impl std::fmt::Debug for Ca {
     }
 }
 
+/// True when two bundles publish the same authorities (the sequence aside, and the JWT expiry
+/// metadata that the SPIFFE bundle document does not carry).
+fn same_content(a: &Bundle, b: &Bundle) -> bool {
+    a.x509_authorities == b.x509_authorities
+        && crate::jwt::same_keys(&a.jwt_authorities, &b.jwt_authorities)
+        && a.refresh_hint == b.refresh_hint
+}
+
+fn newest(records: &[Authority], state: AuthorityState, now_s: i64) -> Option<Authority> {
+    records
+        .iter()
+        .filter(|a| a.kind == AuthorityKind::X509Ca && a.state == state)
+        .filter(|a| a.not_after > now_s + 60)
+        .max_by_key(|a| a.not_after)
+        .cloned()
+}
+
 impl Ca {
-    /// Loads the active CA from the store, or creates and persists one on first start (or when
-    /// the stored one has expired).
+    /// Loads the active CA from the store, or creates one on first start (or when the stored
+    /// one has expired), brings the JWT keys up to date, and reconciles the own bundle with
+    /// every stored authority that can sign. Whatever had to change is stored in one
+    /// transaction before anything is served.
     pub fn load_or_create(
         store: &dyn DataStore,
         cfg: &Config,
@@ -82,51 +116,65 @@ impl Ca {
     ) -> Result<Self, CaError> {
         let td = cfg.trust_domain.clone();
         let now_s = unix_secs(now);
-        let active = store
-            .list_authorities()?
-            .into_iter()
-            .filter(|a| a.kind == AuthorityKind::X509Ca && a.state == AuthorityState::Active)
-            .filter(|a| a.not_after > now_s + 60)
-            .max_by_key(|a| a.not_after);
-        let mut bundle = match store.get_bundle(&td)? {
-            Some(doc) => Bundle::from_spiffe_json(td.clone(), &doc)
-                .map_err(|e| CaError::Bundle(e.to_string()))?,
-            None => Bundle::new(td.clone()),
+        let records = store.list_authorities()?;
+        let stored = match store.get_bundle(&td)? {
+            Some(doc) => Some(
+                Bundle::from_spiffe_json(td.clone(), &doc)
+                    .map_err(|e| CaError::Bundle(e.to_string()))?,
+            ),
+            None => None,
         };
-        let (signer, active) = match active {
-            Some(a) => (signer_of(&a)?, a),
+        let mut bundle = stored.clone().unwrap_or_else(|| Bundle::new(td.clone()));
+        let mut write = AuthorityWrite::default();
+        let active = match newest(&records, AuthorityState::Active, now_s) {
+            Some(a) => a,
             None => {
-                let authority = new_authority(cfg, &mut bundle, now, AuthorityState::Active)?;
-                store.put_authority(authority.clone())?;
+                let authority = new_authority(cfg, now, AuthorityState::Active)?;
+                write.put.push(authority.clone());
                 tracing::info!(trust_domain = %td, "created a new X.509 CA");
-                (signer_of(&authority)?, authority)
+                authority
             }
         };
-        let prepared = store
-            .list_authorities()?
-            .into_iter()
-            .filter(|a| a.kind == AuthorityKind::X509Ca && a.state == AuthorityState::Prepared)
-            .filter(|a| a.not_after > now_s + 60)
-            .max_by_key(|a| a.not_after);
-        // JWT keys: brought up to date with the rotation schedule and published (before any of
-        // them signs: nothing is served before this bundle is stored).
-        let jwt = JwtKeys::load(store, cfg.jwt_key_type, cfg.ca_ttl, now)?;
-        let published = jwt.published();
-        if !crate::jwt::same_keys(&bundle.jwt_authorities, &published) {
-            bundle.sequence += 1;
+        let signer = signer_of(&active)?;
+        let prepared = newest(&records, AuthorityState::Prepared, now_s);
+        for a in std::iter::once(&active).chain(prepared.as_ref()) {
+            let roots = roots_of(a, cfg)?;
+            if add_roots(&mut bundle, &roots) {
+                tracing::warn!(
+                    authority_id = %a.id,
+                    "the own bundle lacked the root of a stored X.509 CA; published it"
+                );
+            }
         }
-        bundle.jwt_authorities = published;
+        // JWT keys: brought up to date with the schedule and published (before any of them
+        // signs: nothing is served before this bundle is stored).
+        let jwt_records = records
+            .into_iter()
+            .filter(|a| a.kind == AuthorityKind::JwtKey)
+            .collect();
+        let (jwt, jwt_write) = JwtKeys::load(jwt_records, cfg.jwt_key_type, cfg.ca_ttl, now)?;
+        write.put.extend(jwt_write.put);
+        write.delete.extend(jwt_write.delete);
+        bundle.jwt_authorities = jwt.published();
         prune_expired(&mut bundle, now);
-        let doc = bundle
-            .to_spiffe_json()
-            .map_err(|e| CaError::Bundle(e.to_string()))?;
-        store.set_bundle(&td, doc.into_bytes())?;
+        if let Some(old) = &stored {
+            bundle.sequence = old.sequence;
+        }
+        if stored
+            .as_ref()
+            .is_none_or(|old| !same_content(old, &bundle))
+        {
+            bundle.sequence += 1;
+            write.bundle = Some((td.clone(), bundle_doc(&bundle)?));
+        }
+        store.write_authorities(write)?;
         Ok(Self {
             td,
             cfg: cfg.clone(),
             x509: RwLock::new(X509Slots { active, prepared }),
             signer: RwLock::new(Arc::new(signer)),
             bundle: RwLock::new(Arc::new(bundle)),
+            commit: Mutex::new(()),
             jwt,
         })
     }
@@ -136,19 +184,70 @@ impl Ca {
         &self.jwt
     }
 
-    /// Changes the own bundle with `f`. When that changed anything, the sequence number goes up
-    /// by one (agents' sync streams compare it) and the new bundle is returned; the caller
-    /// persists it and announces the store revision (see [`crate::jwt::publish`]).
-    pub fn update_bundle(&self, f: impl FnOnce(&mut Bundle)) -> Arc<Bundle> {
-        let mut cur = self.bundle.write().unwrap_or_else(|p| p.into_inner());
+    fn lock_commit(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.commit.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stores `write` together with the bundle that `f` makes of the current one, in one
+    /// transaction, then installs that bundle. When `f` changed the bundle its sequence number
+    /// goes up by one (agents' sync streams compare it). The caller holds `self.commit`; it
+    /// announces the new store revision afterwards (see [`crate::x509_rotation::publish`]).
+    fn persist(
+        &self,
+        store: &dyn DataStore,
+        mut write: AuthorityWrite,
+        f: impl FnOnce(&mut Bundle),
+    ) -> Result<bool, CaError> {
+        let cur = self.bundle();
         let mut next = Bundle::clone(&cur);
         f(&mut next);
         next.sequence = cur.sequence;
-        if next != **cur {
-            next.sequence = cur.sequence + 1;
-            *cur = Arc::new(next);
+        let changed = next != *cur;
+        if changed {
+            next.sequence += 1;
+            write.bundle = Some((self.td.clone(), bundle_doc(&next)?));
         }
-        Arc::clone(&cur)
+        store.write_authorities(write)?;
+        if changed {
+            *self.bundle.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        }
+        Ok(changed)
+    }
+
+    /// Stores a JWT key change with the bundle publishing the resulting keys.
+    fn persist_jwt(
+        &self,
+        store: &dyn DataStore,
+        write: AuthorityWrite,
+        keys: Vec<sigil_core::JwtAuthority>,
+    ) -> Result<(), CaError> {
+        self.persist(store, write, |b| b.jwt_authorities = keys)
+            .map(|_| ())
+    }
+
+    /// One step of the JWT key schedule; true when the published keys changed.
+    pub fn jwt_rotate(&self, store: &dyn DataStore, now: SystemTime) -> Result<bool, CaError> {
+        let _c = self.lock_commit();
+        self.jwt
+            .rotate(now, |w, keys| self.persist_jwt(store, w, keys))
+    }
+
+    /// Generates and publishes the next JWT key by hand.
+    pub fn jwt_prepare(&self, store: &dyn DataStore, now: SystemTime) -> Result<KeyInfo, CaError> {
+        let _c = self.lock_commit();
+        self.jwt
+            .prepare(now, |w, keys| self.persist_jwt(store, w, keys))
+    }
+
+    /// Makes the prepared JWT key the signing key by hand.
+    pub fn jwt_activate(
+        &self,
+        store: &dyn DataStore,
+        key_id: Option<&str>,
+    ) -> Result<KeyInfo, ApiError> {
+        let _c = self.lock_commit();
+        self.jwt
+            .activate(key_id, |w, keys| self.persist_jwt(store, w, keys))
     }
 
     /// The X.509 authorities (for the admin API).
@@ -172,7 +271,7 @@ impl Ca {
         let slots = self.x509_slots();
         let (prepare_at, activate_at) = schedule(&slots.active);
         let now_s = unix_secs(now);
-        let mut changed = self.prune(now);
+        let mut changed = self.prune(store, now)?;
         if slots.prepared.is_none() && now_s >= prepare_at {
             self.x509_prepare(store, now)?;
             changed = true;
@@ -184,26 +283,35 @@ impl Ca {
     }
 
     /// Drops expired roots from the bundle; true when any went.
-    fn prune(&self, now: SystemTime) -> bool {
-        let before = self.bundle().sequence;
-        self.update_bundle(|b| prune_expired(b, now)).sequence != before
+    fn prune(&self, store: &dyn DataStore, now: SystemTime) -> Result<bool, CaError> {
+        let _c = self.lock_commit();
+        self.persist(store, AuthorityWrite::default(), |b| prune_expired(b, now))
     }
 
-    /// Creates the next CA and publishes its root; it does not sign until activated. A prepared
-    /// CA that was never activated is replaced (it never signed anything).
+    /// Creates the next CA and publishes its root in the same store transaction; it does not
+    /// sign until activated. A prepared CA that was never activated is replaced (it never
+    /// signed anything).
     pub fn x509_prepare(
         &self,
         store: &dyn DataStore,
         now: SystemTime,
     ) -> Result<Authority, CaError> {
-        let mut bundle = Bundle::clone(&self.bundle());
-        let authority = new_authority(&self.cfg, &mut bundle, now, AuthorityState::Prepared)?;
+        let _c = self.lock_commit();
+        let authority = new_authority(&self.cfg, now, AuthorityState::Prepared)?;
         signer_of(&authority)?;
-        store.put_authority(authority.clone())?;
-        if let Some(old) = self.x509_slots().prepared {
-            store.delete_authority(&old.id)?;
-        }
-        self.update_bundle(|b| b.x509_authorities = bundle.x509_authorities);
+        let write = AuthorityWrite {
+            put: vec![authority.clone()],
+            delete: self
+                .x509_slots()
+                .prepared
+                .map(|a| a.id)
+                .into_iter()
+                .collect(),
+            bundle: None,
+        };
+        self.persist(store, write, |b| {
+            add_roots(b, &authority.roots_der);
+        })?;
         self.x509
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -214,11 +322,14 @@ impl Ca {
 
     /// Makes the prepared CA the signing one; the previous one becomes Old and its root stays
     /// published until it expires. `expect_id` guards against activating someone else's CA.
+    /// Both state changes are one store write, with the bundle re-checked to hold the new CA's
+    /// roots.
     pub fn x509_activate(
         &self,
         store: &dyn DataStore,
         expect_id: Option<&str>,
     ) -> Result<Authority, CaError> {
+        let _c = self.lock_commit();
         let slots = self.x509_slots();
         let mut next = slots.prepared.ok_or(CaError::NothingPrepared)?;
         if let Some(want) = expect_id.filter(|w| !w.is_empty())
@@ -227,11 +338,17 @@ impl Ca {
             return Err(CaError::NothingPrepared);
         }
         let signer = signer_of(&next)?;
+        let roots = roots_of(&next, &self.cfg)?;
         next.state = AuthorityState::Active;
         let mut old = slots.active;
         old.state = AuthorityState::Old;
-        store.put_authority(next.clone())?;
-        store.put_authority(old)?;
+        let write = AuthorityWrite {
+            put: vec![next.clone(), old],
+            ..Default::default()
+        };
+        self.persist(store, write, |b| {
+            add_roots(b, &roots);
+        })?;
         *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
         *self.x509.write().unwrap_or_else(|p| p.into_inner()) = X509Slots {
             active: next.clone(),
@@ -240,7 +357,6 @@ impl Ca {
         tracing::info!(authority_id = %next.id, "activated the next X.509 CA");
         Ok(next)
     }
-
     /// The trust domain this CA serves.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.td
@@ -326,30 +442,23 @@ fn signer_of(a: &Authority) -> Result<CaSigner, CaError> {
     )?)
 }
 
-/// Makes a new CA record (self-signed or from the upstream authority) and adds its roots to
-/// `bundle`, bumping the sequence when that changed it.
-fn new_authority(
-    cfg: &Config,
-    bundle: &mut Bundle,
-    now: SystemTime,
-    state: AuthorityState,
-) -> Result<Authority, CaError> {
-    let (mut authority, roots) = match &cfg.upstream_authority {
-        None => self_signed(cfg, now)?,
-        Some(up) => from_upstream(&up.disk, cfg, now)?,
-    };
-    authority.state = state;
+/// Adds the `roots` missing from `bundle`; true when any was.
+fn add_roots(bundle: &mut Bundle, roots: &[Vec<u8>]) -> bool {
     let mut changed = false;
     for r in roots {
-        if !bundle.x509_authorities.contains(&r) {
-            bundle.x509_authorities.push(r);
+        if !bundle.x509_authorities.contains(r) {
+            bundle.x509_authorities.push(r.clone());
             changed = true;
         }
     }
-    if changed {
-        bundle.sequence += 1;
-    }
-    Ok(authority)
+    changed
+}
+
+fn bundle_doc(bundle: &Bundle) -> Result<Vec<u8>, CaError> {
+    bundle
+        .to_spiffe_json()
+        .map(String::into_bytes)
+        .map_err(|e| CaError::Bundle(e.to_string()))
 }
 
 fn prune_expired(bundle: &mut Bundle, now: SystemTime) {
@@ -359,87 +468,4 @@ fn prune_expired(bundle: &mut Bundle, now: SystemTime) {
             .map(|(_, c)| c.validity().not_after.timestamp() > now_s)
             .unwrap_or(false)
     });
-}
-
-fn authority_record(
-    cert: &CertificateDer<'_>,
-    chain: Vec<Vec<u8>>,
-    key: &rcgen::KeyPair,
-    now: SystemTime,
-    ttl: Duration,
-) -> Authority {
-    Authority {
-        id: uuid::Uuid::new_v4().to_string(),
-        kind: AuthorityKind::X509Ca,
-        cert_der: cert.to_vec(),
-        chain_der: chain,
-        public_key_der: key.subject_public_key_info(),
-        private_key_pkcs8: key.serialize_der(),
-        not_before: unix_secs(now),
-        not_after: unix_secs(now + ttl),
-        state: AuthorityState::Active,
-    }
-}
-
-fn self_signed(cfg: &Config, now: SystemTime) -> Result<(Authority, Vec<Vec<u8>>), CaError> {
-    let key = keys::generate(cfg.ca_key_type)?;
-    let cert = x509::self_signed_ca(&key, &cfg.trust_domain, cfg.ca_ttl, now)?;
-    let roots = vec![cert.to_vec()];
-    Ok((
-        authority_record(&cert, vec![], &key, now, cfg.ca_ttl),
-        roots,
-    ))
-}
-
-fn read_pem(path: &std::path::Path) -> Result<Vec<pem::Pem>, CaError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CaError::Upstream(format!("{}: {e}", path.display())))?;
-    pem::parse_many(text).map_err(|e| CaError::Upstream(format!("{}: {e}", path.display())))
-}
-
-fn from_upstream(
-    disk: &DiskAuthority,
-    cfg: &Config,
-    now: SystemTime,
-) -> Result<(Authority, Vec<Vec<u8>>), CaError> {
-    let certs = read_pem(&disk.cert_file)?;
-    let up_cert = certs
-        .iter()
-        .find(|p| p.tag() == "CERTIFICATE")
-        .ok_or_else(|| CaError::Upstream("cert_file holds no CERTIFICATE".into()))?
-        .contents()
-        .to_vec();
-    let key_pem = read_pem(&disk.key_file)?;
-    let up_key = key_pem
-        .iter()
-        .find(|p| p.tag() == "PRIVATE KEY")
-        .ok_or_else(|| CaError::Upstream("key_file holds no PKCS#8 PRIVATE KEY".into()))?;
-    let up_key = keys::from_pkcs8(up_key.contents())?;
-    let roots: Vec<Vec<u8>> = match &disk.bundle_file {
-        Some(p) => read_pem(p)?
-            .into_iter()
-            .filter(|p| p.tag() == "CERTIFICATE")
-            .map(|p| p.into_contents())
-            .collect(),
-        None => vec![up_cert.clone()],
-    };
-    if roots.is_empty() {
-        return Err(CaError::Upstream("bundle_file holds no CERTIFICATE".into()));
-    }
-    let upstream = CaSigner::new(CertificateDer::from(up_cert.clone()), up_key, vec![])?;
-    let key = keys::generate(cfg.ca_key_type)?;
-    let cert = upstream.sign_intermediate(&key, &cfg.trust_domain, cfg.ca_ttl, now)?;
-    // Present the upstream certificate in chains unless it is itself a published root.
-    let chain = if roots.contains(&up_cert) {
-        vec![]
-    } else {
-        vec![up_cert]
-    };
-    let ttl = cfg.ca_ttl.min(
-        upstream
-            .not_after()
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO),
-    );
-    Ok((authority_record(&cert, chain, &key, now, ttl), roots))
 }

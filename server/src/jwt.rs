@@ -12,21 +12,22 @@
 //! the `kid`; the private key lives only in the store (sled files are 0600 in a 0700 directory)
 //! and in this process's memory, and is never logged.
 //!
-//! Every change of the published set goes through [`publish`]: a new bundle sequence number, the
-//! bundle document written to the store (which bumps the store revision) and the revision
-//! announced to the registry, so each agent's sync stream pushes the new bundle.
+//! Every change of the published set is stored by the CA together with the bundle document
+//! that publishes it, in one transaction (a new bundle sequence number, a new store revision),
+//! and the revision is then announced to the registry
+//! ([`crate::x509_rotation::publish`]), so each agent's sync stream pushes the new bundle.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use sigil_core::jwt::{self, JwtClaims, JwtKeyType, JwtSigner};
 use sigil_core::x509::unix_secs;
-use sigil_core::{Bundle, JwtAuthority, SpiffeId};
+use sigil_core::{JwtAuthority, SpiffeId};
 use sigil_proto::sigil::v1 as pb;
 use tokio::sync::watch;
 
 use crate::ca::CaError;
-use crate::datastore::{Authority, AuthorityKind, AuthorityState, DataStore, StoreError};
+use crate::datastore::{Authority, AuthorityKind, AuthorityState, AuthorityWrite, DataStore};
 use crate::state::State;
 use crate::status::ApiError;
 
@@ -51,19 +52,6 @@ struct KeySet {
     /// Every live key (prepared, active, old), in no particular order.
     records: Vec<Authority>,
     active: Option<Arc<ActiveKey>>,
-}
-
-/// Store writes one rotation step needs.
-#[derive(Debug, Default)]
-struct Changes {
-    put: Vec<Authority>,
-    delete: Vec<String>,
-}
-
-impl Changes {
-    fn is_empty(&self) -> bool {
-        self.put.is_empty() && self.delete.is_empty()
-    }
 }
 
 /// A JWT-SVID as minted for an agent.
@@ -108,7 +96,8 @@ pub struct JwtKeys {
     key_type: JwtKeyType,
     lifetime: Duration,
     set: RwLock<KeySet>,
-    /// Serializes rotation steps (the automatic task and admin calls).
+    /// Serializes rotation steps (the automatic task and admin calls). The CA's commit lock is
+    /// always taken first.
     update: Mutex<()>,
 }
 
@@ -137,6 +126,7 @@ fn new_record(
         kind: AuthorityKind::JwtKey,
         cert_der: vec![],
         chain_der: vec![],
+        roots_der: vec![],
         public_key_der: key.public_key_der,
         private_key_pkcs8: key.pkcs8,
         not_before: now,
@@ -145,7 +135,7 @@ fn new_record(
     })
 }
 
-fn set_state(records: &mut [Authority], i: usize, state: AuthorityState, ch: &mut Changes) {
+fn set_state(records: &mut [Authority], i: usize, state: AuthorityState, ch: &mut AuthorityWrite) {
     records[i].state = state;
     ch.put.push(records[i].clone());
 }
@@ -170,8 +160,8 @@ fn rotate_records(
     kind: JwtKeyType,
     lifetime: Duration,
     now: i64,
-) -> Result<Changes, CaError> {
-    let mut ch = Changes::default();
+) -> Result<AuthorityWrite, CaError> {
+    let mut ch = AuthorityWrite::default();
     records.retain(|a| {
         let live = a.not_after > now;
         if !live {
@@ -244,56 +234,54 @@ fn info(a: &Authority) -> KeyInfo {
     }
 }
 
+/// Stores one key change together with the bundle that publishes the resulting keys (the CA
+/// does it, in one transaction); see [`crate::ca::Ca::jwt_rotate`].
+pub trait Persist: FnOnce(AuthorityWrite, Vec<JwtAuthority>) -> Result<(), CaError> {}
+
+impl<F: FnOnce(AuthorityWrite, Vec<JwtAuthority>) -> Result<(), CaError>> Persist for F {}
+
+/// The keys to publish for `records`: every live key, prepared ones included, oldest first.
+fn published_of(records: &[Authority]) -> Vec<JwtAuthority> {
+    let mut records: Vec<&Authority> = records.iter().collect();
+    records.sort_by(|a, b| (a.not_before, &a.id).cmp(&(b.not_before, &b.id)));
+    records
+        .into_iter()
+        .map(|a| JwtAuthority {
+            key_id: a.id.clone(),
+            public_key_der: a.public_key_der.clone(),
+            expires_at: a.not_after,
+        })
+        .collect()
+}
+
 impl JwtKeys {
-    /// Loads the stored keys, bringing them up to date with the schedule at `now` (on first
-    /// start this creates and activates the first key).
+    /// Takes the stored key `records` and brings them up to date with the schedule at `now`
+    /// (on first start this creates and activates the first key). Returns the keys and the
+    /// store writes that made them so, which the caller stores with the bundle before anything
+    /// is signed.
     pub fn load(
-        store: &dyn DataStore,
+        mut records: Vec<Authority>,
         key_type: JwtKeyType,
         lifetime: Duration,
         now: SystemTime,
-    ) -> Result<Self, CaError> {
-        let records = store
-            .list_authorities()?
-            .into_iter()
-            .filter(|a| a.kind == AuthorityKind::JwtKey)
-            .collect();
+    ) -> Result<(Self, AuthorityWrite), CaError> {
+        let changes = rotate_records(&mut records, key_type, lifetime, unix_secs(now))?;
         let keys = Self {
             key_type,
             lifetime,
-            set: RwLock::new(KeySet {
-                records,
-                active: None,
-            }),
+            set: RwLock::new(KeySet::default()),
             update: Mutex::new(()),
         };
-        keys.rotate(store, now)?;
-        // `rotate` installs the signer only when something changed; make sure it is there.
-        let set = keys.snapshot();
-        keys.commit(store, set.records, Changes::default())?;
-        Ok(keys)
+        keys.install(records)?;
+        Ok((keys, changes))
     }
 
     fn snapshot(&self) -> KeySet {
         self.set.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// Writes `changes` to the store, then installs `records` (and their active signer).
-    fn commit(
-        &self,
-        store: &dyn DataStore,
-        records: Vec<Authority>,
-        changes: Changes,
-    ) -> Result<(), CaError> {
-        for a in changes.put {
-            store.put_authority(a)?;
-        }
-        for id in changes.delete {
-            match store.delete_authority(&id) {
-                Ok(()) | Err(StoreError::NotFound(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
+    /// Makes `records` (and the signer of their active key) current in memory.
+    fn install(&self, records: Vec<Authority>) -> Result<(), CaError> {
         let active = match find(&records, AuthorityState::Active) {
             Some(i) => {
                 let a = &records[i];
@@ -308,24 +296,40 @@ impl JwtKeys {
         Ok(())
     }
 
+    /// Stores `changes` with the bundle publishing `records` (through `persist`), then makes
+    /// `records` current. The active signer is built first, so a key that cannot sign is never
+    /// stored as active.
+    fn commit(
+        &self,
+        records: Vec<Authority>,
+        changes: AuthorityWrite,
+        persist: impl Persist,
+    ) -> Result<(), CaError> {
+        if let Some(i) = find(&records, AuthorityState::Active) {
+            JwtSigner::from_pkcs8(records[i].id.clone(), &records[i].private_key_pkcs8)?;
+        }
+        persist(changes, published_of(&records))?;
+        self.install(records)
+    }
+
     /// Runs one step of the automatic schedule; true when the published keys changed.
-    pub fn rotate(&self, store: &dyn DataStore, now: SystemTime) -> Result<bool, CaError> {
+    pub fn rotate(&self, now: SystemTime, persist: impl Persist) -> Result<bool, CaError> {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let mut records = self.snapshot().records;
         let ch = rotate_records(&mut records, self.key_type, self.lifetime, unix_secs(now))?;
         if ch.is_empty() {
             return Ok(false);
         }
-        self.commit(store, records, ch)?;
+        self.commit(records, ch, persist)?;
         Ok(true)
     }
 
     /// Generates and publishes the next key by hand. A prepared key that was never activated is
     /// discarded (it never signed anything).
-    pub fn prepare(&self, store: &dyn DataStore, now: SystemTime) -> Result<KeyInfo, CaError> {
+    pub fn prepare(&self, now: SystemTime, persist: impl Persist) -> Result<KeyInfo, CaError> {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let mut records = self.snapshot().records;
-        let mut ch = Changes::default();
+        let mut ch = AuthorityWrite::default();
         records.retain(|a| {
             let replaced = a.state == AuthorityState::Prepared;
             if replaced {
@@ -342,7 +346,7 @@ impl JwtKeys {
         let out = info(&p);
         ch.put.push(p.clone());
         records.push(p);
-        self.commit(store, records, ch)?;
+        self.commit(records, ch, persist)?;
         tracing::info!(key_id = %out.key_id, "prepared a JWT signing key (by hand)");
         Ok(out)
     }
@@ -352,8 +356,8 @@ impl JwtKeys {
     /// never activates a key someone else prepared meanwhile.
     pub fn activate(
         &self,
-        store: &dyn DataStore,
         key_id: Option<&str>,
+        persist: impl Persist,
     ) -> Result<KeyInfo, ApiError> {
         let _u = self.update.lock().unwrap_or_else(|p| p.into_inner());
         let mut records = self.snapshot().records;
@@ -370,29 +374,20 @@ impl JwtKeys {
                 records[p].id
             )));
         }
-        let mut ch = Changes::default();
+        let mut ch = AuthorityWrite::default();
         if let Some(a) = find(&records, AuthorityState::Active) {
             set_state(&mut records, a, AuthorityState::Old, &mut ch);
         }
         set_state(&mut records, p, AuthorityState::Active, &mut ch);
         let out = info(&records[p]);
-        self.commit(store, records, ch).map_err(ApiError::from)?;
+        self.commit(records, ch, persist).map_err(ApiError::from)?;
         tracing::info!(key_id = %out.key_id, "activated a JWT signing key (by hand)");
         Ok(out)
     }
 
     /// The keys to publish in the bundle: every live key, prepared ones included, oldest first.
     pub fn published(&self) -> Vec<JwtAuthority> {
-        let mut records = self.snapshot().records;
-        records.sort_by(|a, b| (a.not_before, &a.id).cmp(&(b.not_before, &b.id)));
-        records
-            .into_iter()
-            .map(|a| JwtAuthority {
-                key_id: a.id,
-                public_key_der: a.public_key_der,
-                expires_at: a.not_after,
-            })
-            .collect()
+        published_of(&self.snapshot().records)
     }
 
     /// The rotation state.
@@ -491,39 +486,14 @@ where
         .map_err(|e| ApiError::Internal(e.to_string()))?
 }
 
-/// Puts the current JWT keys into the own bundle and, when that changed it, persists the bundle
-/// (bumping the store revision) and announces the revision so agents receive it by sync. The
-/// caller holds `st.write_lock`.
-pub async fn publish(st: &State) -> Result<Arc<Bundle>, ApiError> {
-    let before = st.ca.bundle().sequence;
-    let keys = st.ca.jwt().published();
-    let bundle = st.ca.update_bundle(|b| b.jwt_authorities = keys);
-    if bundle.sequence == before {
-        return Ok(bundle);
-    }
-    let doc = bundle
-        .to_spiffe_json()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let td = st.cfg.trust_domain.clone();
-    st.store(move |s| s.set_bundle(&td, doc.into_bytes()))
-        .await?;
-    let rev = st.store(|s| s.revision()).await?;
-    st.registry.bump(rev);
-    tracing::info!(
-        sequence = bundle.sequence,
-        jwt_keys = bundle.jwt_authorities.len(),
-        "own bundle updated"
-    );
-    Ok(bundle)
-}
-
-/// One automatic rotation step, published when it changed anything.
+/// One automatic rotation step, announced when it changed anything. The keys and the bundle
+/// publishing them were stored together by the CA.
 pub async fn rotate(st: &State) -> Result<(), ApiError> {
     let _w = st.write_lock.lock().await;
     let now = st.now();
-    let changed = blocking(st, move |s, ca| Ok(ca.jwt().rotate(s, now)?)).await?;
+    let changed = blocking(st, move |s, ca| Ok(ca.jwt_rotate(s, now)?)).await?;
     if changed {
-        publish(st).await?;
+        crate::x509_rotation::publish(st).await?;
     }
     Ok(())
 }
@@ -532,16 +502,16 @@ pub async fn rotate(st: &State) -> Result<(), ApiError> {
 pub async fn prepare(st: &State) -> Result<KeysInfo, ApiError> {
     let _w = st.write_lock.lock().await;
     let now = st.now();
-    blocking(st, move |s, ca| Ok(ca.jwt().prepare(s, now)?)).await?;
-    publish(st).await?;
+    blocking(st, move |s, ca| Ok(ca.jwt_prepare(s, now)?)).await?;
+    crate::x509_rotation::publish(st).await?;
     Ok(st.ca.jwt().info())
 }
 
 /// Activates the prepared key by hand (admin API).
 pub async fn activate(st: &State, key_id: Option<String>) -> Result<KeysInfo, ApiError> {
     let _w = st.write_lock.lock().await;
-    blocking(st, move |s, ca| ca.jwt().activate(s, key_id.as_deref())).await?;
-    publish(st).await?;
+    blocking(st, move |s, ca| ca.jwt_activate(s, key_id.as_deref())).await?;
+    crate::x509_rotation::publish(st).await?;
     Ok(st.ca.jwt().info())
 }
 
@@ -618,7 +588,7 @@ mod tests {
     const DAY: u64 = 86_400;
     const T0: i64 = 1_700_000_000;
 
-    fn step(records: &mut Vec<Authority>, now: i64) -> Changes {
+    fn step(records: &mut Vec<Authority>, now: i64) -> AuthorityWrite {
         rotate_records(records, JwtKeyType::Es256, Duration::from_secs(DAY), now).unwrap()
     }
 

@@ -4,7 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
+use sigil_core::x509::unix_secs;
 use sigil_core::{SelectorSet, SpiffeId};
 use tokio::sync::watch;
 
@@ -19,12 +21,20 @@ struct Index {
     by_parent: HashMap<SpiffeId, HashSet<String>>,
 }
 
+/// One agent's authorized set, with what it was computed for.
+struct Cached {
+    revision: u64,
+    computed_at: i64,
+    valid_until: i64,
+    set: Authorized,
+}
+
 /// Entries in memory plus a revision broadcast.
 pub struct Registry {
     index: RwLock<Index>,
     revision: watch::Sender<u64>,
     server_id: SpiffeId,
-    authorized_cache: RwLock<HashMap<SpiffeId, (u64, Authorized)>>,
+    authorized_cache: RwLock<HashMap<SpiffeId, Cached>>,
     closed: watch::Sender<bool>,
 }
 
@@ -112,21 +122,36 @@ impl Registry {
         idx.entries.get(id).cloned()
     }
 
-    /// The entries `agent` may obtain: those whose parent is the agent, or a node alias (an
+    /// The entries `agent` may obtain now: those whose parent is the agent, or a node alias (an
     /// entry parented by the server whose selectors the agent's include), and transitively
-    /// entries parented by any of those. Cached per agent until the next revision.
+    /// entries parented by any of those. Expired entries (`expires_at` passed) neither count
+    /// nor authorize their children. Cached per agent until the next revision or the next
+    /// expiry among the result.
     pub fn authorized(&self, agent: &SpiffeId, agent_selectors: &SelectorSet) -> Authorized {
+        self.authorized_at(agent, agent_selectors, unix_secs(SystemTime::now()))
+    }
+
+    /// [`Registry::authorized`] at `now` (Unix seconds).
+    pub fn authorized_at(
+        &self,
+        agent: &SpiffeId,
+        agent_selectors: &SelectorSet,
+        now: i64,
+    ) -> Authorized {
         let rev = self.revision();
-        if let Some((r, set)) = self
+        if let Some(c) = self
             .authorized_cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(agent)
-            && *r == rev
+            && c.revision == rev
+            && now >= c.computed_at
+            && now < c.valid_until
         {
-            return Arc::clone(set);
+            return Arc::clone(&c.set);
         }
-        let set = Arc::new(self.compute_authorized(agent, agent_selectors));
+        let walk = self.walk(agent, agent_selectors, now, u64::MAX);
+        let set = Arc::new(walk.entries);
         let mut cache = self
             .authorized_cache
             .write()
@@ -134,22 +159,62 @@ impl Registry {
         if cache.len() > 100_000 {
             cache.clear();
         }
-        cache.insert(agent.clone(), (rev, Arc::clone(&set)));
+        cache.insert(
+            agent.clone(),
+            Cached {
+                revision: rev,
+                computed_at: now,
+                valid_until: walk.valid_until,
+                set: Arc::clone(&set),
+            },
+        );
         set
     }
 
-    fn compute_authorized(
+    /// The IDs of the entries `agent` held at store revision `since`, as far as they still
+    /// exist unchanged and unexpired: those authorized through a chain of entries that are all
+    /// at revision `since` or older. A chain that has not changed since then existed then, so
+    /// the agent was sent every entry in it; an entry authorized through a newer link (a new
+    /// node alias, a new parent) was not, however old the entry itself is. A resuming sync
+    /// stream may send only these by ID.
+    ///
+    /// The agent's own selectors are taken as they are now: they change only when it attests
+    /// again, and a freshly attested agent starts its sync from revision 0.
+    pub fn held_at(
         &self,
         agent: &SpiffeId,
         agent_selectors: &SelectorSet,
-    ) -> HashMap<String, Arc<Entry>> {
+        since: u64,
+        now: i64,
+    ) -> HashSet<String> {
+        self.walk(agent, agent_selectors, now, since)
+            .entries
+            .into_keys()
+            .collect()
+    }
+
+    /// Walks the authorization graph from `agent`, through entries that are unexpired at `now`
+    /// and at revision `max_revision` or older.
+    fn walk(
+        &self,
+        agent: &SpiffeId,
+        agent_selectors: &SelectorSet,
+        now: i64,
+        max_revision: u64,
+    ) -> Walk {
         let idx = self.index.read().unwrap_or_else(|p| p.into_inner());
+        let usable = |e: &Entry| !e.is_expired(now) && e.revision <= max_revision;
+        let mut valid_until = i64::MAX;
         let mut frontier: Vec<SpiffeId> = vec![agent.clone()];
         if let Some(ids) = idx.by_parent.get(&self.server_id) {
             for id in ids {
                 if let Some(e) = idx.entries.get(id)
+                    && usable(e)
                     && agent_selectors.matches_all(&e.selectors)
                 {
+                    if e.expires_at > 0 {
+                        valid_until = valid_until.min(e.expires_at);
+                    }
                     frontier.push(e.spiffe_id.clone());
                 }
             }
@@ -164,14 +229,30 @@ impl Registry {
                 let Some(e) = idx.entries.get(id) else {
                     continue;
                 };
+                if !usable(e) {
+                    continue;
+                }
+                if e.expires_at > 0 {
+                    valid_until = valid_until.min(e.expires_at);
+                }
                 out.insert(id.clone(), Arc::clone(e));
                 if seen.insert(e.spiffe_id.clone()) {
                     frontier.push(e.spiffe_id.clone());
                 }
             }
         }
-        out
+        Walk {
+            entries: out,
+            valid_until,
+        }
     }
+}
+
+/// What one walk of the authorization graph found.
+struct Walk {
+    entries: HashMap<String, Arc<Entry>>,
+    /// The earliest expiry among the entries it went through: the result holds until then.
+    valid_until: i64,
 }
 
 fn insert(idx: &mut Index, e: Arc<Entry>) {
@@ -279,5 +360,75 @@ mod tests {
 
         reg.remove("direct", 2);
         assert!(!reg.authorized(&agent, &none).contains_key("direct"));
+    }
+
+    #[test]
+    fn expired_entries_authorize_nothing_and_the_cache_notices_expiry() {
+        let server = "spiffe://td/sigil/server";
+        let agent = SpiffeId::parse("spiffe://td/sigil/agent/join_token/t1").unwrap();
+        let a = agent.to_string();
+        let mut parent = entry("parent", "spiffe://td/x", &a, &["unix:uid:1"]);
+        parent.expires_at = 1000;
+        let mut later = entry("later", "spiffe://td/l", &a, &["unix:uid:1"]);
+        later.expires_at = 2000;
+        let entries = vec![
+            parent,
+            entry("child", "spiffe://td/c", "spiffe://td/x", &["unix:uid:2"]),
+            later,
+        ];
+        let reg = Registry::new(entries, 1, SpiffeId::parse(server).unwrap());
+        let none = SelectorSet::new();
+        let ids = |now| {
+            let mut v: Vec<_> = reg
+                .authorized_at(&agent, &none, now)
+                .keys()
+                .cloned()
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(ids(999), ["child", "later", "parent"]);
+        // Same revision, later time: the cached set is not reused past an expiry.
+        assert_eq!(ids(1000), ["later"]);
+        assert_eq!(ids(1999), ["later"]);
+        assert!(ids(2000).is_empty());
+    }
+
+    #[test]
+    fn held_at_counts_only_chains_that_existed_then() {
+        let server = "spiffe://td/sigil/server";
+        let agent = SpiffeId::parse("spiffe://td/sigil/agent/join_token/t1").unwrap();
+        let a = agent.to_string();
+        let mut old = entry("old", "spiffe://td/o", &a, &["unix:uid:1"]);
+        old.revision = 2;
+        // C (revision 3) hangs under X, which the agent only got at revision 9 through P.
+        let mut c = entry("c", "spiffe://td/c", "spiffe://td/x", &["unix:uid:2"]);
+        c.revision = 3;
+        let mut p = entry("p", "spiffe://td/x", &a, &["unix:uid:1"]);
+        p.revision = 9;
+        // D (revision 4) hangs under an alias matched by the agent's selectors (revision 1).
+        let mut alias = entry("alias", "spiffe://td/cluster", server, &["k8s:cluster:c1"]);
+        alias.revision = 1;
+        let mut d = entry("d", "spiffe://td/d", "spiffe://td/cluster", &["unix:uid:3"]);
+        d.revision = 4;
+        let reg = Registry::new(
+            vec![old, c, p, alias, d],
+            9,
+            SpiffeId::parse(server).unwrap(),
+        );
+        let sels: SelectorSet = [Selector::parse("k8s:cluster:c1").unwrap()]
+            .into_iter()
+            .collect();
+        let held = |since| {
+            let mut v: Vec<_> = reg.held_at(&agent, &sels, since, 0).into_iter().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(held(5), ["d", "old"]);
+        assert_eq!(held(4), ["d", "old"]);
+        assert_eq!(held(3), ["old"]);
+        assert_eq!(held(2), ["old"]);
+        assert_eq!(held(9), ["c", "d", "old", "p"]);
+        assert_eq!(reg.authorized_at(&agent, &sels, 0).len(), 4);
     }
 }

@@ -129,6 +129,15 @@ pub async fn start(cfg: Config) -> Result<Running, ServeError> {
             .await
             .map_err(|e| ServeError::Tls(e.to_string()))??,
     );
+    start_with_store(cfg, store).await
+}
+
+/// Starts the server on an already opened `store` (`cfg.data_dir` is not opened): the seam
+/// through which tests put a fault-injecting store in front of the real one.
+pub async fn start_with_store(
+    cfg: Config,
+    store: Arc<dyn DataStore>,
+) -> Result<Running, ServeError> {
     let now = std::time::SystemTime::now();
     let ca = Arc::new(Ca::load_or_create(store.as_ref(), &cfg, now)?);
     let (entries, rev) = load_entries(Arc::clone(&store)).await?;

@@ -1,5 +1,6 @@
 //! Driving X.509 CA rotation: the automatic schedule and the admin operations, each followed by
-//! publication of the own bundle (store, sync to agents, the listener's trust store).
+//! publication of the own bundle (stored with the authorities by the CA; announced here to
+//! agents' sync streams and the listener's trust store).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,32 +31,18 @@ where
         .map_err(ApiError::from)
 }
 
-/// Persists the own bundle when its sequence moved past what the store holds, announces the new
-/// revision to agents' sync streams, and updates the roots the listener trusts. The caller holds
-/// `st.write_lock`.
+/// Announces a change of the own bundle, which the CA stored together with the authorities it
+/// publishes: the new store revision goes to agents' sync streams, the roots to the trust store
+/// of the listener. The caller holds `st.write_lock`.
 pub async fn publish(st: &State) -> Result<(), ApiError> {
     let bundle = st.ca.bundle();
-    let td = st.cfg.trust_domain.clone();
-    let td2 = td.clone();
-    let stored_seq = st
-        .store(move |s| s.get_bundle(&td2))
-        .await?
-        .and_then(|doc| sigil_core::Bundle::from_spiffe_json(td.clone(), &doc).ok())
-        .map(|b| b.sequence);
-    st.trust.set(td.clone(), st.ca.roots());
-    if stored_seq == Some(bundle.sequence) {
-        return Ok(());
-    }
-    let doc = bundle
-        .to_spiffe_json()
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    st.store(move |s| s.set_bundle(&td, doc.into_bytes()))
-        .await?;
+    st.trust.set(st.cfg.trust_domain.clone(), st.ca.roots());
     let rev = st.store(|s| s.revision()).await?;
     st.registry.bump(rev);
     tracing::info!(
         sequence = bundle.sequence,
         x509_roots = bundle.x509_authorities.len(),
+        jwt_keys = bundle.jwt_authorities.len(),
         "own bundle updated"
     );
     Ok(())

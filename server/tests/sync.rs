@@ -220,3 +220,38 @@ async fn eviction_ends_the_stream() {
     let err = next_msg(&mut stream).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_delivers_old_entries_that_became_authorized() {
+    let srv = TestServer::start().await;
+    let agent = srv.attest().await;
+    // C hangs under X, which is nobody's identity yet: the agent is not authorized for it.
+    let x = format!("spiffe://{TD}/node/{}", unique("x"));
+    let c = srv
+        .create_entry(entry(&format!("spiffe://{TD}/c"), &x))
+        .await;
+    let mine = srv
+        .create_entry(entry(&format!("spiffe://{TD}/mine"), &agent.id_str()))
+        .await;
+    let mut stream = agent.sync(0).await.unwrap();
+    let snap = read_snapshot(&mut stream).await;
+    assert_eq!(ids(&snap[0].upserts), ids(std::slice::from_ref(&mine)));
+    let last_rev = snap.last().unwrap().revision;
+    assert!(last_rev >= c.revision);
+    drop(stream);
+
+    // While the agent is away, P gives it the identity X (P is parented by the agent), so C,
+    // unchanged and older than the agent's revision, becomes authorized.
+    let p = srv.create_entry(entry(&x, &agent.id_str())).await;
+
+    let mut stream = agent.sync(last_rev).await.unwrap();
+    let snap = read_snapshot(&mut stream).await;
+    let s = &snap[0];
+    // The agent never held C: it comes in full, not as an ID the agent would drop.
+    let full = s.upserts.iter().find(|e| e.id == c.id);
+    assert_eq!(full, Some(&c), "C arrives in full: {s:?}");
+    assert!(!s.unchanged_entry_ids.contains(&c.id));
+    assert!(s.upserts.iter().any(|e| e.id == p.id));
+    // What the agent did hold still goes by ID.
+    assert_eq!(s.unchanged_entry_ids, std::slice::from_ref(&mine.id));
+}

@@ -238,6 +238,7 @@ impl pb::node_server::Node for Node {
             } else {
                 Duration::from_secs(entry.x509_svid_ttl)
             };
+            let ttl = entry.capped_ttl(ttl, now);
             match st
                 .ca
                 .sign_x509_svid(&key, &entry.spiffe_id, &entry.dns_names, ttl, now)
@@ -283,6 +284,7 @@ impl pb::node_server::Node for Node {
         } else {
             Duration::from_secs(entry.jwt_svid_ttl)
         };
+        let ttl = entry.capped_ttl(ttl, now);
         let minted = st
             .ca
             .jwt()

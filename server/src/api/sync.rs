@@ -1,10 +1,11 @@
 //! The sync stream: a snapshot of an agent's authorized entries and bundles, then a delta on
-//! every change. Each message holds at most [`PAGE`] entries so no message nears gRPC's 4 MiB
+//! every change (an entry reaching its `expires_at` is one: it is removed from the agent). Each message holds at most [`PAGE`] entries so no message nears gRPC's 4 MiB
 //! limit however many entries an agent has.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use sigil_core::x509::unix_secs;
 use sigil_core::{Bundle, SelectorSet, TrustDomain};
 use sigil_proto::sigil::v1 as pb;
 use tokio::sync::mpsc;
@@ -78,7 +79,15 @@ async fn run(
     let sels: SelectorSet = agent.selectors.iter().cloned().collect();
     let mut rev_rx = state.registry.subscribe();
     let rev = *rev_rx.borrow_and_update();
-    let auth = state.registry.authorized(&agent.id, &sels);
+    let now = unix_secs(state.now());
+    let auth = state.registry.authorized_at(&agent.id, &sels, now);
+    // On resume, only entries the agent really held at `last_revision` may go by ID: an old
+    // entry that became authorized since (a new alias or parent) is news to the agent.
+    let held = if last_revision > 0 {
+        state.registry.held_at(&agent.id, &sels, last_revision, now)
+    } else {
+        HashSet::new()
+    };
     // The index may already hold entries whose revision was not announced yet when `rev` was
     // read; a message never claims less than what it carries.
     let rev = auth.values().map(|e| e.revision).fold(rev, u64::max);
@@ -100,7 +109,7 @@ async fn run(
         };
         for e in page {
             sent.insert(e.id.clone(), e.revision);
-            if last_revision > 0 && e.revision <= last_revision {
+            if held.contains(&e.id) {
                 msg.unchanged_entry_ids.push(e.id.clone());
             } else {
                 msg.upserts.push(entry_to_pb(e));
@@ -116,6 +125,7 @@ async fn run(
     }
     let mut sent_bundle_seq = bundle.sequence;
     let mut sent_fed = fed;
+    let mut next_expiry = earliest_expiry(&auth);
 
     loop {
         tokio::select! {
@@ -123,6 +133,8 @@ async fn run(
             _ = tx.closed() => return Err(SyncEnd::Closed),
             // The agent sees the stream end and reconnects (to this server once restarted).
             _ = state.registry.closed() => return Err(SyncEnd::Closed),
+            // An entry the agent holds expires: its removal is pushed like any other change.
+            _ = sleep_until_unix(next_expiry) => {}
         }
         let rev = *rev_rx.borrow_and_update();
         let id = agent.id.clone();
@@ -132,7 +144,10 @@ async fn run(
             Ok(None) => return deny(tx, "agent was evicted").await,
             Err(_) => continue,
         }
-        let auth = state.registry.authorized(&agent.id, &sels);
+        let auth = state
+            .registry
+            .authorized_at(&agent.id, &sels, unix_secs(state.now()));
+        next_expiry = earliest_expiry(&auth);
         let mut upserts: Vec<pb::Entry> = auth
             .values()
             .filter(|e| sent.get(&e.id) != Some(&e.revision))
@@ -186,6 +201,23 @@ async fn run(
         sent_bundle_seq = bundle.sequence;
         sent_fed = fed;
     }
+}
+
+/// The earliest `expires_at` among `auth` (Unix seconds), if any entry has one.
+fn earliest_expiry(auth: &Authorized) -> Option<i64> {
+    auth.values().map(|e| e.expires_at).filter(|t| *t > 0).min()
+}
+
+/// Resolves at Unix second `at` (never, for `None`).
+async fn sleep_until_unix(at: Option<i64>) {
+    let Some(at) = at else {
+        return std::future::pending().await;
+    };
+    let when = sigil_core::x509::to_system_time(at);
+    let wait = when
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    tokio::time::sleep(wait).await;
 }
 
 async fn deny(tx: &Tx, why: &str) -> Result<(), SyncEnd> {

@@ -39,6 +39,7 @@ macro_rules! datastore_conformance_tests {
             agent_crud_and_pagination,
             bundle_crud,
             authority_round_trip,
+            authorities_and_bundle_in_one_write,
         );
     };
     (@cases $fresh:expr; $($case:ident),* $(,)?) => {

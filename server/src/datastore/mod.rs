@@ -105,6 +105,25 @@ impl Page {
     }
 }
 
+/// One atomic change of [`DataStore::write_authorities`]: authorities to store and remove, and
+/// the own bundle document that publishes the result.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthorityWrite {
+    /// Inserted or replaced, keyed by `id`.
+    pub put: Vec<Authority>,
+    /// Removed (ended keys, prepared ones replaced before they signed).
+    pub delete: Vec<String>,
+    /// The trust domain's bundle document, written in the same transaction.
+    pub bundle: Option<(TrustDomain, Vec<u8>)>,
+}
+
+impl AuthorityWrite {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.put.is_empty() && self.delete.is_empty() && self.bundle.is_none()
+    }
+}
+
 /// Which entries [`DataStore::list_entries`] returns; all set conditions must hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EntryFilter {
@@ -220,14 +239,13 @@ pub trait DataStore: Send + Sync + 'static {
 
     // --- authorities ---
 
-    /// Inserts or replaces a CA or JWT signing authority, keyed by its `id`.
-    fn put_authority(&self, authority: Authority) -> Result<()>;
+    /// Applies one change to the signing authorities and, when given, the own bundle that
+    /// publishes them, in one transaction: a crash can never leave a stored authority that can
+    /// sign without its roots or keys in the stored bundle. Records in `put` are inserted or
+    /// replaced by `id`; IDs in `delete` that do not exist are skipped (rotation may delete a
+    /// record a crash already removed). The revision increases when the bundle is written.
+    fn write_authorities(&self, write: AuthorityWrite) -> Result<()>;
 
     /// Every stored authority, ordered by ID. Not paginated: rotation keeps at most a few.
     fn list_authorities(&self) -> Result<Vec<Authority>>;
-
-    /// Removes an authority (one whose validity has ended, or a prepared key replaced before it
-    /// ever signed), so rotation does not pile up records. [`StoreError::NotFound`] if there is
-    /// none.
-    fn delete_authority(&self, id: &str) -> Result<()>;
 }

@@ -5,6 +5,7 @@
 //! decode; a change that cannot be expressed that way bumps the backend's version byte.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sigil_core::{Selector, SpiffeId, TrustDomain};
@@ -45,6 +46,23 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// True once `expires_at` (if set) has come: an expired entry authorizes nothing, is not
+    /// synced and gets no new SVID.
+    pub fn is_expired(&self, now: i64) -> bool {
+        self.expires_at != 0 && self.expires_at <= now
+    }
+
+    /// `ttl` cut short so an SVID issued at `now` ends no later than the entry does (an SVID
+    /// must not outlive the registration that granted it). Zero when the entry has expired.
+    pub fn capped_ttl(&self, ttl: Duration, now: SystemTime) -> Duration {
+        if self.expires_at == 0 {
+            return ttl;
+        }
+        let end =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(self.expires_at.max(0).unsigned_abs());
+        ttl.min(end.duration_since(now).unwrap_or(Duration::ZERO))
+    }
+
     /// Sorts and deduplicates the selectors, so `[b, a, a]` and `[a, b]` are the same set both
     /// for equality and for the store's uniqueness rule.
     pub fn normalize_selectors(&mut self) {
@@ -115,6 +133,11 @@ pub struct Authority {
     /// Upstream certificates above `cert_der`, nearest first; empty for a self-signed root.
     #[serde(with = "b64_vec")]
     pub chain_der: Vec<Vec<u8>>,
+    /// The trust anchors `cert_der` chains to (itself when self-signed), which must be in the
+    /// own bundle for as long as this CA can sign; start-up puts back any that are missing.
+    /// Empty for JWT keys and for records written before this field existed.
+    #[serde(default, with = "b64_vec")]
+    pub roots_der: Vec<Vec<u8>>,
     /// DER SubjectPublicKeyInfo of the key.
     #[serde(with = "b64")]
     pub public_key_der: Vec<u8>,
@@ -139,6 +162,10 @@ impl fmt::Debug for Authority {
             .field(
                 "chain_der",
                 &format_args!("<{} certificates>", self.chain_der.len()),
+            )
+            .field(
+                "roots_der",
+                &format_args!("<{} certificates>", self.roots_der.len()),
             )
             .field(
                 "public_key_der",
@@ -202,6 +229,7 @@ mod tests {
             kind: AuthorityKind::X509Ca,
             cert_der: vec![1, 2, 3],
             chain_der: vec![vec![4, 5], vec![6]],
+            roots_der: vec![vec![9]],
             public_key_der: vec![7, 8],
             private_key_pkcs8: vec![0xde, 0xad, 0xbe, 0xef],
             not_before: 10,
@@ -223,11 +251,61 @@ mod tests {
     }
 
     #[test]
+    fn authority_written_before_roots_der_still_decodes() {
+        let mut a = authority();
+        let mut json: serde_json::Value = serde_json::to_value(&a).unwrap();
+        json.as_object_mut().unwrap().remove("roots_der");
+        a.roots_der.clear();
+        assert_eq!(serde_json::from_value::<Authority>(json).unwrap(), a);
+    }
+
+    #[test]
     fn authority_debug_redacts_private_key() {
         let dbg = format!("{:?} {:#?}", authority(), authority());
         assert!(dbg.contains("<redacted>"));
         assert!(!dbg.contains("222"), "{dbg}");
         assert!(!dbg.contains("3q2+7w"), "{dbg}");
+    }
+
+    #[test]
+    fn expiry_and_ttl_cap() {
+        let id = SpiffeId::parse("spiffe://example.org/w").unwrap();
+        let mut e = Entry {
+            id: String::new(),
+            spiffe_id: id.clone(),
+            parent_id: id,
+            selectors: vec![],
+            x509_svid_ttl: 0,
+            jwt_svid_ttl: 0,
+            dns_names: vec![],
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            hint: String::new(),
+            expires_at: 0,
+            created_at: 0,
+            revision: 0,
+        };
+        let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let hour = Duration::from_secs(3600);
+        // No expiry: never expired, the TTL stands.
+        assert!(!e.is_expired(i64::MAX));
+        assert_eq!(e.capped_ttl(hour, at(1000)), hour);
+        e.expires_at = 1600;
+        assert!(!e.is_expired(1599));
+        assert!(e.is_expired(1600));
+        assert_eq!(e.capped_ttl(hour, at(1000)), Duration::from_secs(600));
+        assert_eq!(
+            e.capped_ttl(hour, at(1000) + Duration::from_millis(250)),
+            Duration::from_millis(599_750),
+            "the SVID ends exactly at the expiry, not a fraction of a second after"
+        );
+        assert_eq!(
+            e.capped_ttl(Duration::from_secs(60), at(1000)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(e.capped_ttl(hour, at(1600)), Duration::ZERO);
+        assert_eq!(e.capped_ttl(hour, at(2000)), Duration::ZERO);
     }
 
     #[test]

@@ -30,7 +30,8 @@ use self::codec::{backend, decode, decode_bundle, encode, encode_bundle, key_str
 use self::entries::EntryTrees;
 use self::permissions::{create_private_dir, restrict_permissions};
 use super::{
-    AgentRecord, Authority, DataStore, Entry, EntryFilter, JoinToken, Page, Result, StoreError,
+    AgentRecord, Authority, AuthorityWrite, DataStore, Entry, EntryFilter, JoinToken, Page, Result,
+    StoreError,
 };
 
 /// Result type of the closures run inside a sled transaction; `Abort` carries our error.
@@ -383,24 +384,33 @@ impl DataStore for SledStore {
         Ok(out)
     }
 
-    fn put_authority(&self, authority: Authority) -> Result<()> {
-        let value = encode(&format!("authority {:?}", authority.id), &authority)?;
-        self.authorities
-            .insert(authority.id.as_bytes(), value)
-            .map_err(backend)?;
-        self.flush()
-    }
-
-    fn delete_authority(&self, id: &str) -> Result<()> {
-        if self
-            .authorities
-            .remove(id.as_bytes())
-            .map_err(backend)?
-            .is_none()
-        {
-            return Err(StoreError::NotFound(format!("authority {id:?}")));
+    fn write_authorities(&self, write: AuthorityWrite) -> Result<()> {
+        if write.is_empty() {
+            return Ok(());
         }
-        self.flush()
+        let mut put = Vec::with_capacity(write.put.len());
+        for a in &write.put {
+            put.push((a.id.clone(), encode(&format!("authority {:?}", a.id), a)?));
+        }
+        let bundle = write
+            .bundle
+            .as_ref()
+            .map(|(td, doc)| (td.as_str().as_bytes().to_vec(), encode_bundle(doc)));
+        let tx = (&self.authorities, &self.bundles, &self.meta);
+        let outcome = tx.transaction(|(a, b, m)| -> TxResult<()> {
+            for (id, value) in &put {
+                a.insert(id.as_bytes(), value.clone())?;
+            }
+            for id in &write.delete {
+                a.remove(id.as_bytes())?;
+            }
+            if let Some((key, value)) = &bundle {
+                b.insert(key.clone(), value.clone())?;
+                bump_revision(m)?;
+            }
+            Ok(())
+        });
+        self.finish(outcome)
     }
 
     fn list_authorities(&self) -> Result<Vec<Authority>> {

@@ -2,7 +2,8 @@
 
 use super::{agent, all_entries, entry, id, td};
 use crate::datastore::{
-    Authority, AuthorityKind, AuthorityState, DataStore, EntryFilter, JoinToken, Page, StoreError,
+    Authority, AuthorityKind, AuthorityState, AuthorityWrite, DataStore, EntryFilter, JoinToken,
+    Page, StoreError,
 };
 
 fn token(value: &str, expires_at: i64) -> JoinToken {
@@ -202,7 +203,8 @@ pub(crate) fn bundle_crud(store: &dyn DataStore) {
     assert_eq!(store.list_bundles().unwrap().len(), 1);
 }
 
-/// Authorities round trip byte for byte, `put` replaces by id, and `Debug` hides the key.
+/// Authorities round trip byte for byte, `put` replaces by id, deleting a missing one is no
+/// error, and `Debug` hides the key.
 pub(crate) fn authority_round_trip(store: &dyn DataStore) {
     assert!(store.list_authorities().unwrap().is_empty());
     let key = vec![0x5e, 0xc7, 0xe7, 0x4b, 0x0a, 0x11];
@@ -211,6 +213,7 @@ pub(crate) fn authority_round_trip(store: &dyn DataStore) {
         kind: AuthorityKind::X509Ca,
         cert_der: vec![0x30, 0x82, 1, 2, 3],
         chain_der: vec![vec![0x30, 9], vec![0x30, 8, 7]],
+        roots_der: vec![vec![0x30, 6]],
         public_key_der: vec![0x30, 0x59, 1],
         private_key_pkcs8: key.clone(),
         not_before: 1_700_000_000,
@@ -222,20 +225,34 @@ pub(crate) fn authority_round_trip(store: &dyn DataStore) {
         kind: AuthorityKind::JwtKey,
         cert_der: vec![],
         chain_der: vec![],
+        roots_der: vec![],
         public_key_der: vec![0x30, 0x59, 2],
         private_key_pkcs8: vec![0x99; 40],
         not_before: 1_700_000_000,
         not_after: 1_700_086_400,
         state: AuthorityState::Active,
     };
-    store.put_authority(ca.clone()).unwrap();
-    store.put_authority(jwt.clone()).unwrap();
+    let put = |a: Vec<Authority>| {
+        store
+            .write_authorities(AuthorityWrite {
+                put: a,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let revision = store.revision().unwrap();
+    put(vec![ca.clone(), jwt.clone()]);
     assert_eq!(
         store.list_authorities().unwrap(),
         vec![ca.clone(), jwt.clone()]
     );
+    assert_eq!(
+        store.revision().unwrap(),
+        revision,
+        "authorities alone do not move the revision"
+    );
     ca.state = AuthorityState::Active;
-    store.put_authority(ca.clone()).unwrap();
+    put(vec![ca.clone()]);
     let listed = store.list_authorities().unwrap();
     assert_eq!(listed, vec![ca.clone(), jwt.clone()]);
 
@@ -248,10 +265,58 @@ pub(crate) fn authority_round_trip(store: &dyn DataStore) {
         );
     }
 
-    store.delete_authority("jwt-1").unwrap();
+    let delete = |ids: &[&str]| {
+        store
+            .write_authorities(AuthorityWrite {
+                delete: ids.iter().map(|s| (*s).to_owned()).collect(),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    delete(&["jwt-1"]);
+    assert_eq!(store.list_authorities().unwrap(), vec![ca.clone()]);
+    delete(&["jwt-1"]);
     assert_eq!(store.list_authorities().unwrap(), vec![ca]);
-    assert!(matches!(
-        store.delete_authority("jwt-1"),
-        Err(StoreError::NotFound(_))
-    ));
+}
+
+/// Authorities and the bundle that publishes them are written together: the bundle is stored,
+/// the revision moves once, and a replaced record and a deleted one go in the same step.
+pub(crate) fn authorities_and_bundle_in_one_write(store: &dyn DataStore) {
+    let own = td("example.org");
+    let record = |id: &str, state| Authority {
+        id: id.into(),
+        kind: AuthorityKind::JwtKey,
+        cert_der: vec![],
+        chain_der: vec![],
+        roots_der: vec![],
+        public_key_der: vec![0x30, 1],
+        private_key_pkcs8: vec![0x42; 8],
+        not_before: 1,
+        not_after: 2,
+        state,
+    };
+    store
+        .write_authorities(AuthorityWrite {
+            put: vec![record("old", AuthorityState::Prepared)],
+            ..Default::default()
+        })
+        .unwrap();
+    let revision = store.revision().unwrap();
+    let doc = br#"{"keys":[],"spiffe_sequence":7}"#.to_vec();
+    store
+        .write_authorities(AuthorityWrite {
+            put: vec![record("new", AuthorityState::Prepared)],
+            delete: vec!["old".into()],
+            bundle: Some((own.clone(), doc.clone())),
+        })
+        .unwrap();
+    assert_eq!(store.revision().unwrap(), revision + 1);
+    assert_eq!(store.get_bundle(&own).unwrap(), Some(doc));
+    assert_eq!(
+        store.list_authorities().unwrap(),
+        vec![record("new", AuthorityState::Prepared)]
+    );
+    // An empty write changes nothing.
+    store.write_authorities(AuthorityWrite::default()).unwrap();
+    assert_eq!(store.revision().unwrap(), revision + 1);
 }

@@ -10,7 +10,8 @@ use tempfile::TempDir;
 use super::SledStore;
 use crate::datastore::conformance::{agent, entry, td};
 use crate::datastore::{
-    Authority, AuthorityKind, AuthorityState, DataStore, EntryFilter, JoinToken, Page, StoreError,
+    Authority, AuthorityKind, AuthorityState, AuthorityWrite, DataStore, EntryFilter, JoinToken,
+    Page, StoreError,
 };
 
 fn fresh_store() -> (TempDir, SledStore) {
@@ -27,6 +28,7 @@ fn authority() -> Authority {
         kind: AuthorityKind::X509Ca,
         cert_der: vec![1, 2, 3],
         chain_der: vec![],
+        roots_der: vec![vec![1, 2, 3]],
         public_key_der: vec![4],
         private_key_pkcs8: vec![5, 6],
         not_before: 1,
@@ -52,7 +54,12 @@ fn everything_survives_reopen() {
         store
             .set_bundle(&td("example.org"), b"{}".to_vec())
             .unwrap();
-        store.put_authority(authority()).unwrap();
+        store
+            .write_authorities(AuthorityWrite {
+                put: vec![authority()],
+                ..Default::default()
+            })
+            .unwrap();
         let token = JoinToken {
             token: "tok".into(),
             expires_at: 100,
@@ -107,7 +114,12 @@ fn directory_and_files_are_private() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("nested").join("data");
     let store = SledStore::open(&dir).unwrap();
-    store.put_authority(authority()).unwrap();
+    store
+        .write_authorities(AuthorityWrite {
+            put: vec![authority()],
+            ..Default::default()
+        })
+        .unwrap();
     let mode = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
     let files = fs::read_dir(&dir).unwrap().count();
