@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use crate::attestation::{WorkloadAttestor, attest_peer};
 use crate::cache::{Cache, Snapshot, WorkloadView};
-use crate::peer::PeerConnectInfo;
+use crate::peer::{PeerConnectInfo, PeerInfo};
 
 /// Boxed server stream.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -41,6 +41,12 @@ impl Attestor {
     /// The caller's selectors. Failures are logged, and the caller learns only that it has no
     /// identity.
     pub async fn attest<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
+        Ok(self.attest_for_stream(req).await?.selectors)
+    }
+
+    /// The caller's selectors, with what a long-lived stream needs to re-check its caller before
+    /// each later push (see [`PeerCheck`]).
+    pub async fn attest_for_stream<T>(&self, req: &Request<T>) -> Result<PeerCheck, Status> {
         let info = req
             .extensions()
             .get::<PeerConnectInfo>()
@@ -48,14 +54,74 @@ impl Attestor {
         let peer = *info
             .peer()
             .map_err(|_| Status::permission_denied("could not identify the caller"))?;
-        let attestors = Arc::clone(&self.attestors);
-        let r = tokio::task::spawn_blocking(move || attest_peer(&attestors, &peer))
-            .await
-            .map_err(|_| Status::internal("attestation failed"))?;
-        r.map_err(|e| {
+        let selectors = self.run(peer).await.map_err(|e| {
             tracing::info!(pid = peer.pid, uid = peer.uid, error = %e, "workload attestation failed");
             Status::permission_denied("no identity issued")
+        })?;
+        Ok(PeerCheck {
+            attestors: Arc::clone(&self.attestors),
+            peer,
+            selectors,
         })
+    }
+
+    async fn run(&self, peer: PeerInfo) -> Result<SelectorSet, String> {
+        run_attestors(Arc::clone(&self.attestors), peer).await
+    }
+}
+
+async fn run_attestors(
+    attestors: Arc<Vec<Box<dyn WorkloadAttestor>>>,
+    peer: PeerInfo,
+) -> Result<SelectorSet, String> {
+    tokio::task::spawn_blocking(move || attest_peer(&attestors, &peer))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// A stream's caller as attested when the stream opened.
+///
+/// A stream outlives the moment its caller was attested: the process may exit (and its pid go
+/// to someone else) or exec another binary while the connection stays open, e.g. inherited by a
+/// child. Before each push after the first, the stream attests the caller again and ends with
+/// Unavailable unless it is the same process with the same selectors, so a reconnect gets what
+/// the new program is entitled to. (SPIRE checks only that the process is alive.)
+#[derive(Clone)]
+pub struct PeerCheck {
+    attestors: Arc<Vec<Box<dyn WorkloadAttestor>>>,
+    peer: PeerInfo,
+    /// The selectors attested when the stream opened.
+    pub selectors: SelectorSet,
+}
+
+impl std::fmt::Debug for PeerCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerCheck")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PeerCheck {
+    /// Ok when the caller is still the process that opened the stream, with the same
+    /// selectors; otherwise the status that ends the stream.
+    pub async fn still_same(&self) -> Result<(), Status> {
+        let now = run_attestors(Arc::clone(&self.attestors), self.peer).await;
+        match now {
+            Ok(s) if s == self.selectors => Ok(()),
+            other => {
+                tracing::info!(
+                    pid = self.peer.pid,
+                    uid = self.peer.uid,
+                    reason = %other.err().unwrap_or_else(|| "selectors changed".into()),
+                    "ending stream: its caller exited or changed"
+                );
+                Err(Status::unavailable(
+                    "the calling process exited or changed since the stream opened; reconnect",
+                ))
+            }
+        }
     }
 }
 
@@ -171,7 +237,7 @@ pub const FIRST_COMPLETE_WAIT: std::time::Duration = std::time::Duration::from_m
 /// (at most [`FIRST_COMPLETE_WAIT`]) until no matching entry lacks its SVID.
 async fn watch_view<T: Send + 'static>(
     cache: &Arc<Cache>,
-    selectors: SelectorSet,
+    caller: PeerCheck,
     wait_pending: bool,
     ready: fn(&WorkloadView) -> bool,
     render: fn(&WorkloadView) -> T,
@@ -181,7 +247,7 @@ async fn watch_view<T: Send + 'static>(
         cache.synced(FIRST_SYNC_WAIT).await;
     }
     let first: Arc<Snapshot> = Arc::clone(&rx.borrow_and_update());
-    if first.view(&selectors).is_empty() {
+    if first.view(&caller.selectors).is_empty() {
         return Err(no_identity());
     }
     // The stream is polled by tonic only when the client can take a message: no task and no
@@ -190,7 +256,7 @@ async fn watch_view<T: Send + 'static>(
     struct Watch {
         rx: watch::Receiver<Arc<Snapshot>>,
         cache: Arc<Cache>,
-        selectors: SelectorSet,
+        caller: PeerCheck,
         snap: Option<Arc<Snapshot>>,
         last: Option<WorkloadView>,
         done: bool,
@@ -200,7 +266,7 @@ async fn watch_view<T: Send + 'static>(
     let state = Watch {
         rx,
         cache: Arc::clone(cache),
-        selectors,
+        caller,
         snap: Some(first),
         last: None,
         done: false,
@@ -212,7 +278,7 @@ async fn watch_view<T: Send + 'static>(
         }
         loop {
             if let Some(snap) = st.snap.take() {
-                let view = snap.view(&st.selectors);
+                let view = snap.view(&st.caller.selectors);
                 if view.is_empty() {
                     st.done = true;
                     return Some((Err(no_identity()), st));
@@ -222,6 +288,12 @@ async fn watch_view<T: Send + 'static>(
                         .complete_by
                         .is_none_or(|t| t <= tokio::time::Instant::now());
                 if ready(&view) && complete && st.last.as_ref().is_none_or(|l| !l.same_as(&view)) {
+                    if st.last.is_some()
+                        && let Err(e) = st.caller.still_same().await
+                    {
+                        st.done = true;
+                        return Some((Err(e), st));
+                    }
                     let msg = render(&view);
                     st.last = Some(view);
                     st.complete_by = None;
@@ -261,7 +333,7 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<wl::X509svidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&req)?;
-        let sels = self.attestor.attest(&req).await?;
+        let sels = self.attestor.attest_for_stream(&req).await?;
         let s = watch_view(
             &self.cache,
             sels,
@@ -278,7 +350,7 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<wl::X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         check_header(&req)?;
-        let sels = self.attestor.attest(&req).await?;
+        let sels = self.attestor.attest_for_stream(&req).await?;
         let s = watch_view(
             &self.cache,
             sels,
@@ -332,7 +404,7 @@ impl wl::spiffe_workload_api_server::SpiffeWorkloadApi for WorkloadApi {
         req: Request<wl::JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         check_header(&req)?;
-        let sels = self.attestor.attest(&req).await?;
+        let sels = self.attestor.attest_for_stream(&req).await?;
         let s = watch_view(
             &self.cache,
             sels,

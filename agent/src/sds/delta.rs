@@ -17,7 +17,6 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 use futures::StreamExt;
-use sigil_core::SelectorSet;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
@@ -25,6 +24,7 @@ use super::resources::{self, Subscription, Validation};
 use super::{SECRET_TYPE_URL, check_type, nonce, short_hex, view_of};
 use crate::cache::{Cache, Snapshot, WorkloadView};
 use crate::config::SdsConfig;
+use crate::workload_api::PeerCheck;
 
 /// The name with which a delta client subscribes to every resource.
 const WILDCARD: &str = "*";
@@ -168,13 +168,14 @@ impl DeltaState {
 pub(super) async fn run(
     cache: Arc<Cache>,
     cfg: Arc<SdsConfig>,
-    selectors: SelectorSet,
+    caller: PeerCheck,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut requests: Streaming<DeltaDiscoveryRequest>,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
 ) {
     let mut state = DeltaState::default();
     let mut snap = Arc::clone(&snapshots.borrow_and_update());
+    let mut sent_any = false;
     let mut requests_open = true;
     loop {
         tokio::select! {
@@ -210,7 +211,7 @@ pub(super) async fn run(
             _ = tx.closed() => return,
             _ = cache.closed() => return,
         }
-        let view = match view_of(&snap, &selectors) {
+        let view = match view_of(&snap, &caller.selectors) {
             Ok(v) => v,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -238,6 +239,11 @@ pub(super) async fn run(
             removed = resp.removed_resources.len(),
             "sending delta SDS response"
         );
+        if sent_any && let Err(e) = caller.still_same().await {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+        sent_any = true;
         if tx.send(Ok(resp)).await.is_err() {
             return;
         }

@@ -34,7 +34,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cache::{Cache, Snapshot, WorkloadView};
 use crate::config::SdsConfig;
-use crate::workload_api::{Attestor, FIRST_SYNC_WAIT, ResponseStream};
+use crate::workload_api::{Attestor, FIRST_SYNC_WAIT, PeerCheck, ResponseStream};
 use resources::{Subscription, Validation};
 use xds::{Reaction, XdsState};
 
@@ -66,12 +66,17 @@ impl Sds {
     /// The caller's selectors, once it is known to hold some identity (after the agent's first
     /// sync, so a freshly started agent does not turn callers away).
     async fn attest<T>(&self, req: &Request<T>) -> Result<SelectorSet, Status> {
-        let selectors = self.attestor.attest(req).await?;
+        Ok(self.attest_for_stream(req).await?.selectors)
+    }
+
+    /// As [`Self::attest`], keeping what a stream needs to re-check its caller before each push.
+    async fn attest_for_stream<T>(&self, req: &Request<T>) -> Result<PeerCheck, Status> {
+        let caller = self.attestor.attest_for_stream(req).await?;
         if !self.cache.current().synced() {
             self.cache.synced(FIRST_SYNC_WAIT).await;
         }
-        view_of(&self.cache.current(), &selectors)?;
-        Ok(selectors)
+        view_of(&self.cache.current(), &caller.selectors)?;
+        Ok(caller)
     }
 
     /// The tonic service, ready for `Server::add_service`.
@@ -145,13 +150,14 @@ fn view_of(snap: &Snapshot, selectors: &SelectorSet) -> Result<WorkloadView, Sta
 async fn run_stream(
     cache: Arc<Cache>,
     cfg: Arc<SdsConfig>,
-    selectors: SelectorSet,
+    caller: PeerCheck,
     mut snapshots: watch::Receiver<Arc<Snapshot>>,
     mut requests: Streaming<DiscoveryRequest>,
     tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
 ) {
     let mut state = XdsState::default();
     let mut snap = Arc::clone(&snapshots.borrow_and_update());
+    let mut sent_any = false;
     // A client that half-closes its side still gets updates for its last subscription.
     let mut requests_open = true;
     loop {
@@ -190,7 +196,7 @@ async fn run_stream(
             _ = tx.closed() => return,
             _ = cache.closed() => return,
         }
-        let view = match view_of(&snap, &selectors) {
+        let view = match view_of(&snap, &caller.selectors) {
             Ok(v) => v,
             Err(e) => {
                 let _ = tx.send(Err(e)).await;
@@ -215,6 +221,11 @@ async fn run_stream(
             count = resp.resources.len(),
             "sending SDS response"
         );
+        if sent_any && let Err(e) = caller.still_same().await {
+            let _ = tx.send(Err(e)).await;
+            return;
+        }
+        sent_any = true;
         state.sent(version, resp.nonce.clone());
         if tx.send(Ok(resp)).await.is_err() {
             return;
@@ -231,12 +242,12 @@ impl SecretDiscoveryService for Sds {
         &self,
         req: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        let selectors = self.attest(&req).await?;
+        let caller = self.attest_for_stream(&req).await?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(delta::run(
             Arc::clone(&self.cache),
             Arc::clone(&self.cfg),
-            selectors,
+            caller,
             self.cache.subscribe(),
             req.into_inner(),
             tx,
@@ -248,12 +259,12 @@ impl SecretDiscoveryService for Sds {
         &self,
         req: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let selectors = self.attest(&req).await?;
+        let caller = self.attest_for_stream(&req).await?;
         let (tx, rx) = mpsc::channel(2);
         tokio::spawn(run_stream(
             Arc::clone(&self.cache),
             Arc::clone(&self.cfg),
-            selectors,
+            caller,
             self.cache.subscribe(),
             req.into_inner(),
             tx,
