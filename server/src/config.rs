@@ -71,6 +71,7 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<String>,
     upstream_authority: Option<UpstreamAuthority>,
+    agent_svid_overlap: Option<String>,
 }
 
 /// Log output format.
@@ -111,6 +112,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Optional upstream CA.
     pub upstream_authority: Option<UpstreamAuthority>,
+    /// How long an agent's previous SVID stays accepted after a renewal, unless the agent
+    /// presents the new one first. Default 5m.
+    pub agent_svid_overlap: Duration,
 }
 
 /// Command-line values that take precedence over the file.
@@ -226,7 +230,13 @@ impl Config {
             log_level: o.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             upstream_authority: f.upstream_authority,
+            agent_svid_overlap: duration(
+                "agent_svid_overlap",
+                f.agent_svid_overlap.as_deref(),
+                Duration::from_secs(300),
+            )?,
         };
+
         if cfg.default_x509_svid_ttl >= cfg.ca_ttl {
             return Err(ConfigError::Invalid {
                 key: "default_x509_svid_ttl",
@@ -314,6 +324,17 @@ mod tests {
         assert_eq!(c.jwt_key_type, JwtKeyType::Es256);
         assert_eq!(c.jwt_issuer, None);
         assert_eq!(c.admin_socket_path, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert_eq!(c.agent_svid_overlap, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn agent_svid_overlap() {
+        let c = Config::from_toml(
+            "trust_domain = \"a\"\nagent_svid_overlap = \"30s\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.agent_svid_overlap, Duration::from_secs(30));
     }
 
     #[test]
@@ -347,6 +368,10 @@ mod tests {
                 "bind_address",
             ),
             ("", "trust_domain"),
+            (
+                "trust_domain = \"a\"\nagent_svid_overlap = \"0s\"",
+                "agent_svid_overlap",
+            ),
         ] {
             let e = Config::from_toml(toml, Overrides::default())
                 .unwrap_err()

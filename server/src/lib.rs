@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`config`]: the TOML configuration and its defaults.
+//! - [`agents`]: the agent-record rules (accepted SVIDs, renewal, ban) as pure functions.
 //! - [`datastore`]: the `DataStore` trait and its sled implementation.
 //! - [`ca`]: the signing CA and the own trust bundle.
 //! - [`jwt`]: JWT-SVID signing keys, their rotation and publication.
@@ -12,6 +13,7 @@
 //! - [`serve`]: wiring of listeners, TLS and background tasks.
 #![forbid(unsafe_code)]
 
+pub mod agents;
 pub mod api;
 pub mod ca;
 pub mod client;

@@ -60,7 +60,7 @@ impl ApiError {
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
             Self::Store(StoreError::NotFound(_)) => Code::NotFound,
             Self::Store(StoreError::AlreadyExists(_)) => Code::AlreadyExists,
-            Self::Store(StoreError::Expired(_)) => Code::PermissionDenied,
+            Self::Store(StoreError::Expired(_) | StoreError::Refused(_)) => Code::PermissionDenied,
             Self::Ca(CaError::NothingPrepared) => Code::FailedPrecondition,
             Self::Store(_) | Self::Ca(_) | Self::Internal(_) => Code::Internal,
         }
@@ -95,6 +95,9 @@ mod tests {
         assert_eq!(s.message(), "no key is prepared");
         let s: Status = ApiError::Store(StoreError::AlreadyExists("dup".into())).into();
         assert_eq!(s.code(), Code::AlreadyExists);
+        let s: Status = ApiError::Store(StoreError::Refused("the agent is banned".into())).into();
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "the agent is banned");
         let s: Status = ApiError::Internal("secret detail".into()).into();
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("secret"));

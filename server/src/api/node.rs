@@ -10,8 +10,10 @@ use sigil_core::{SelectorSet, SpiffeId};
 use sigil_proto::sigil::v1 as pb;
 use tonic::{Code, Request, Response, Status};
 
+use crate::agents;
+use crate::api::caller::{self, Caller, serial_and_expiry};
 use crate::convert::bundle_to_pb;
-use crate::datastore::{AgentRecord, StoreError};
+use crate::datastore::{AgentRecord, AgentUpdate, StoreError};
 use crate::state::State;
 use crate::status::ApiError;
 
@@ -22,15 +24,13 @@ pub struct Node(pub Arc<State>);
 /// The join-token node attestor's name, as in agent IDs.
 pub const JOIN_TOKEN: &str = "join_token";
 
-fn csr_error(field: &'static str, e: KeyError) -> ApiError {
-    ApiError::invalid(field, e)
+/// The one answer to every failed attestation: callers learn nothing about why.
+fn attestation_denied() -> ApiError {
+    ApiError::PermissionDenied("join token is invalid, expired or already used".into())
 }
 
-fn serial_and_expiry(leaf: &CertificateDer<'_>) -> (String, i64) {
-    match x509_parser::parse_x509_certificate(leaf) {
-        Ok((_, c)) => (c.raw_serial_as_string(), c.validity().not_after.timestamp()),
-        Err(_) => (String::new(), 0),
-    }
+fn csr_error(field: &'static str, e: KeyError) -> ApiError {
+    ApiError::invalid(field, e)
 }
 
 fn svid_pb(id: &SpiffeId, chain: &[CertificateDer<'static>]) -> pb::X509Svid {
@@ -43,28 +43,10 @@ fn svid_pb(id: &SpiffeId, chain: &[CertificateDer<'static>]) -> pb::X509Svid {
 }
 
 impl Node {
-    /// Identifies the calling agent from its mTLS certificate and checks it is still allowed.
-    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<AgentRecord, ApiError> {
-        let certs = req
-            .peer_certs()
-            .ok_or_else(|| ApiError::Unauthenticated("an agent SVID is required".into()))?;
-        let id = sigil_core::tls::peer_id(&certs)
-            .ok_or_else(|| ApiError::Unauthenticated("peer certificate has no SPIFFE ID".into()))?;
-        if id.trust_domain() != &self.0.cfg.trust_domain || !id.path().starts_with("/sigil/agent/")
-        {
-            return Err(ApiError::PermissionDenied(format!("{id} is not an agent")));
-        }
-        // A point read of a small, cached sled tree: done inline. A hop to the blocking pool
-        // here cost ~40-60 µs of CPU per request (as much as half the signature work); see
-        // server/benches/sign.rs.
-        let agent = self.0.store.get_agent(&id).map_err(ApiError::from)?;
-        match agent {
-            None => Err(ApiError::PermissionDenied(format!(
-                "agent {id} is not attested (evicted?)"
-            ))),
-            Some(a) if a.banned => Err(ApiError::PermissionDenied(format!("agent {id} is banned"))),
-            Some(a) => Ok(a),
-        }
+    /// Identifies the calling agent from its mTLS certificate and checks it is still allowed
+    /// (see [`caller::authenticate`]).
+    pub async fn authenticate<T>(&self, req: &Request<T>) -> Result<Caller, ApiError> {
+        caller::authenticate(&self.0, req).await
     }
 
     fn agent_ttl(&self) -> Duration {
@@ -93,19 +75,18 @@ impl pb::node_server::Node for Node {
         let token = String::from_utf8(r.attestation_data)
             .map_err(|_| ApiError::invalid("attestation_data", "join token is not UTF-8"))?;
         let key = keys::parse_csr(&r.csr).map_err(|e| csr_error("csr", e))?;
-        let denied = || Status::permission_denied("join token is invalid, expired or already used");
         if token.is_empty()
             || !token
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(denied());
+            return Err(attestation_denied().into());
         }
         let id = st
             .cfg
             .trust_domain
             .id_with_path(&format!("/sigil/agent/{JOIN_TOKEN}/{token}"))
-            .map_err(|_| denied())?;
+            .map_err(|_| attestation_denied())?;
         let now = st.now();
         let chain = st
             .ca
@@ -117,6 +98,8 @@ impl pb::node_server::Node for Node {
             attestation_type: JOIN_TOKEN.into(),
             x509_svid_serial: serial,
             x509_svid_expires_at: expires,
+            previous_x509_svid_serial: String::new(),
+            previous_x509_svid_accepted_until: 0,
             selectors: vec![],
             banned: false,
             created_at: unix_secs(now),
@@ -124,23 +107,25 @@ impl pb::node_server::Node for Node {
         let now_s = unix_secs(now);
         let _w = st.write_lock.lock().await;
         // A banned agent stays banned: a new token with the same value must not re-admit it
-        // (only deleting the record, i.e. eviction, does). Checked under the write lock, which
-        // bans also take.
+        // (only deleting the record, i.e. eviction, does). Checked here before the write, and
+        // again by the store in the transaction that consumes the token.
         let idc = id.clone();
         if let Some(existing) = st.store(move |s| s.get_agent(&idc)).await?
             && existing.banned
         {
             tracing::warn!(agent_id = %id, "node attestation refused: agent is banned");
-            return Err(denied());
+            return Err(attestation_denied().into());
         }
         match st
             .store(move |s| s.attest_join_token(&token, now_s, record))
             .await
         {
             Ok(()) => {}
-            Err(ApiError::Store(StoreError::NotFound(_) | StoreError::Expired(_))) => {
+            Err(ApiError::Store(
+                StoreError::NotFound(_) | StoreError::Expired(_) | StoreError::Refused(_),
+            )) => {
                 tracing::warn!("node attestation refused: bad join token");
-                return Err(denied());
+                return Err(attestation_denied().into());
             }
             Err(e) => return Err(e.into()),
         }
@@ -157,19 +142,45 @@ impl pb::node_server::Node for Node {
         &self,
         req: Request<pb::RenewAgentRequest>,
     ) -> Result<Response<pb::RenewAgentResponse>, Status> {
-        let mut agent = self.authenticate(&req).await?;
+        let Caller { agent, serial } = self.authenticate(&req).await?;
         let st = &self.0;
+        let now = st.now();
         let key = keys::parse_csr(&req.into_inner().csr).map_err(|e| csr_error("csr", e))?;
         let chain = st
             .ca
-            .sign_x509_svid(&key, &agent.id, &[], self.agent_ttl(), st.now())
+            .sign_x509_svid(&key, &agent.id, &[], self.agent_ttl(), now)
             .map_err(ApiError::from)?;
-        let (serial, expires) = chain.first().map(serial_and_expiry).unwrap_or_default();
-        agent.x509_svid_serial = serial;
-        agent.x509_svid_expires_at = expires;
+        let (new_serial, expires_at) = chain.first().map(serial_and_expiry).unwrap_or_default();
+        let issued = agents::Issued {
+            serial: new_serial,
+            expires_at,
+        };
+        let now_s = unix_secs(now);
+        let overlap = i64::try_from(st.cfg.agent_svid_overlap.as_secs()).unwrap_or(i64::MAX);
+        // Check-and-set against the stored record: a ban or eviction that landed since the
+        // call was authenticated wins, and the new SVID is never handed out.
         let id = agent.id.clone();
-        let _w = st.write_lock.lock().await;
-        st.store(move |s| s.put_agent(agent)).await?;
+        let idc = id.clone();
+        let update = st
+            .store(move |s| {
+                s.update_agent(&idc, &|cur| {
+                    agents::renewed(cur, &serial, &issued, now_s, overlap)
+                })
+            })
+            .await
+            .map_err(|e| match e {
+                ApiError::Store(StoreError::NotFound(_)) => caller::not_attested(&id),
+                e => e,
+            })?;
+        if let AgentUpdate::Declined(cur) = update {
+            let refused = if cur.banned {
+                caller::banned(&id)
+            } else {
+                ApiError::Unauthenticated(caller::SUPERSEDED.into())
+            };
+            tracing::warn!(agent_id = %id, error = %refused, "agent SVID renewal refused");
+            return Err(refused.into());
+        }
         tracing::info!(agent_id = %id, "agent SVID renewed");
         Ok(Response::new(pb::RenewAgentResponse {
             svid: Some(svid_pb(&id, &chain)),
@@ -180,7 +191,7 @@ impl pb::node_server::Node for Node {
         &self,
         req: Request<pb::BatchSignX509SvidRequest>,
     ) -> Result<Response<pb::BatchSignX509SvidResponse>, Status> {
-        let agent = self.authenticate(&req).await?;
+        let agent = self.authenticate(&req).await?.agent;
         let st = &self.0;
         let params = req.into_inner().params;
         if params.is_empty() {
@@ -261,7 +272,7 @@ impl pb::node_server::Node for Node {
         &self,
         req: Request<pb::MintJwtSvidRequest>,
     ) -> Result<Response<pb::MintJwtSvidResponse>, Status> {
-        let agent = self.authenticate(&req).await?;
+        let agent = self.authenticate(&req).await?.agent;
         let st = &self.0;
         let r = req.into_inner();
         crate::jwt::check_audience(&r.audience)?;
@@ -309,11 +320,11 @@ impl pb::node_server::Node for Node {
         &self,
         req: Request<pb::SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let agent = self.authenticate(&req).await?;
+        let caller = self.authenticate(&req).await?;
         let last = req.into_inner().last_revision;
         Ok(Response::new(crate::api::sync::start(
             Arc::clone(&self.0),
-            agent,
+            caller,
             last,
         )))
     }

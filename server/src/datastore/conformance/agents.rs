@@ -1,0 +1,107 @@
+//! Conformance cases for the agent lifecycle rules: check-and-set updates and bans surviving
+//! re-attestation.
+
+use super::agent;
+use crate::datastore::{AgentUpdate, DataStore, JoinToken, StoreError};
+
+fn token(value: &str, expires_at: i64) -> JoinToken {
+    JoinToken {
+        token: value.into(),
+        expires_at,
+    }
+}
+
+/// An update sees the stored record, writes what the decision returns (keeping the ID), and
+/// neither recreates a missing record nor writes anything when the decision declines.
+pub(crate) fn agent_update_is_check_and_set(store: &dyn DataStore) {
+    let a = agent("n1");
+    let revision = store.revision().unwrap();
+    let err = store
+        .update_agent(&a.id, &|cur| Some(cur.clone()))
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err}");
+    assert_eq!(store.get_agent(&a.id).unwrap(), None, "never recreated");
+    assert_eq!(store.revision().unwrap(), revision);
+
+    store.put_agent(a.clone()).unwrap();
+    let revision = store.revision().unwrap();
+    let declined = store.update_agent(&a.id, &|_| None).unwrap();
+    assert_eq!(declined, AgentUpdate::Declined(a.clone()));
+    assert_eq!(
+        store.revision().unwrap(),
+        revision,
+        "a decline writes nothing"
+    );
+
+    let other = agent("elsewhere");
+    let written = store
+        .update_agent(&a.id, &|cur| {
+            let mut next = cur.clone();
+            next.banned = true;
+            // A decision cannot move the record to another key.
+            next.id = other.id.clone();
+            Some(next)
+        })
+        .unwrap();
+    let mut want = a.clone();
+    want.banned = true;
+    assert_eq!(written, AgentUpdate::Written(want.clone()));
+    assert_eq!(store.get_agent(&a.id).unwrap(), Some(want));
+    assert_eq!(store.get_agent(&other.id).unwrap(), None);
+    assert_eq!(store.revision().unwrap(), revision + 1);
+
+    // Read-modify-write from several threads at once loses no update.
+    const THREADS: i64 = 4;
+    const EACH: i64 = 25;
+    let start = store
+        .get_agent(&a.id)
+        .unwrap()
+        .unwrap()
+        .x509_svid_expires_at;
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                for _ in 0..EACH {
+                    store
+                        .update_agent(&a.id, &|cur| {
+                            let mut next = cur.clone();
+                            next.x509_svid_expires_at += 1;
+                            Some(next)
+                        })
+                        .unwrap();
+                }
+            });
+        }
+    });
+    let end = store
+        .get_agent(&a.id)
+        .unwrap()
+        .unwrap()
+        .x509_svid_expires_at;
+    assert_eq!(end, start + THREADS * EACH);
+}
+
+/// A banned agent cannot re-attest with a new token of the same value; the token survives
+/// (it admits the agent once the ban is lifted by eviction).
+pub(crate) fn banned_agent_cannot_reattest(store: &dyn DataStore) {
+    let mut a = agent("join_token/t1");
+    a.banned = true;
+    store.put_agent(a.clone()).unwrap();
+    store.create_join_token(token("t1", 100), None).unwrap();
+    let revision = store.revision().unwrap();
+    let mut fresh = a.clone();
+    fresh.banned = false;
+    fresh.x509_svid_serial = "ffff".into();
+    let err = store
+        .attest_join_token("t1", 50, fresh.clone())
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Refused(_)), "{err}");
+    assert!(!err.to_string().contains("t1"), "no token in {err}");
+    assert_eq!(store.get_agent(&a.id).unwrap(), Some(a.clone()));
+    assert_eq!(store.revision().unwrap(), revision);
+
+    // Eviction (deleting the record) is what lifts a ban.
+    store.delete_agent(&a.id).unwrap();
+    store.attest_join_token("t1", 50, fresh.clone()).unwrap();
+    assert_eq!(store.get_agent(&a.id).unwrap(), Some(fresh));
+}
