@@ -1,5 +1,6 @@
 //! The agent lifecycle against a real server (real mTLS, real sled): bans and evictions that
-//! renewals cannot undo, and agent SVIDs that stop working once superseded.
+//! renewals cannot undo, agent SVIDs that stop working once superseded, and node-alias entries
+//! that are never issued, neither as X.509 nor as JWT.
 
 mod common;
 
@@ -309,4 +310,56 @@ async fn pre_eviction_svid_is_refused_after_reattestation() {
         Code::Unauthenticated,
     );
     assert_all_ok(&every_call(&after.node, &e.id).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_alias_entries_are_issued_neither_as_x509_nor_as_jwt() {
+    let srv = TestServer::start().await;
+    let alias = format!("spiffe://{TD}/node/{}", unique("rack"));
+    let token = srv.join_token(600, &alias).await;
+    let agent = srv.attest_token(&token).await;
+    let alias_entry = srv
+        .entries()
+        .list_entries(pb::ListEntriesRequest {
+            by_spiffe_id: alias.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+        .remove(0);
+    assert!(alias_entry.selectors.is_empty());
+
+    let r = agent.sign(&alias_entry.id, csr()).await;
+    assert_item(r.code, &r.error, Code::PermissionDenied, "entry_id");
+    assert!(r.error.contains("node alias"), "{}", r.error);
+    let err = agent
+        .node
+        .clone()
+        .mint_jwt_svid(pb::MintJwtSvidRequest {
+            entry_id: alias_entry.id.clone(),
+            audience: vec!["aud".into()],
+        })
+        .await
+        .expect_err("no JWT-SVID for a node alias");
+    assert_status(&err, Code::PermissionDenied, "entry_id");
+    assert!(err.message().contains("node alias"), "{err:?}");
+
+    // A workload entry behind the alias gets both.
+    let child = srv
+        .create_entry(entry(&format!("spiffe://{TD}/behind-alias"), &alias))
+        .await;
+    assert_eq!(agent.sign(&child.id, csr()).await.code, 0);
+    let jwt = agent
+        .node
+        .clone()
+        .mint_jwt_svid(pb::MintJwtSvidRequest {
+            entry_id: child.id.clone(),
+            audience: vec!["aud".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(jwt.spiffe_id, format!("spiffe://{TD}/behind-alias"));
 }

@@ -289,6 +289,13 @@ impl pb::node_server::Node for Node {
         if entry.expires_at != 0 && entry.expires_at <= unix_secs(now) {
             return Err(ApiError::PermissionDenied("entry_id: entry has expired".into()).into());
         }
+        if entry.selectors.is_empty() {
+            // As for X.509: node aliases name agents, not workloads.
+            return Err(ApiError::PermissionDenied(
+                "entry_id: entry is a node alias (no selectors) and cannot be issued".into(),
+            )
+            .into());
+        }
         let ttl = if entry.jwt_svid_ttl == 0 {
             st.cfg.default_jwt_svid_ttl
         } else {
