@@ -440,6 +440,15 @@ fn persist_identity(paths: &Paths, id: &AgentIdentity) -> Result<(), NodeError> 
     Ok(())
 }
 
+/// How many times a busy server (RESOURCE_EXHAUSTED) is asked again to attest.
+const ATTEST_RETRIES: u32 = 8;
+
+/// Wait before retry `attempt` (0-based): 1 s doubling to 10 s, about a minute in all. The server's
+/// default limit is one attestation per second per address.
+fn attest_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((1u64 << attempt.min(4)).min(10))
+}
+
 async fn attest(
     cfg: &Config,
     paths: &Paths,
@@ -477,15 +486,27 @@ async fn attest(
     let key =
         keys::generate(keys::KeyType::EcP256).map_err(|e| NodeError::Crypto(e.to_string()))?;
     let csr = keys::csr_der(&key).map_err(|e| NodeError::Crypto(e.to_string()))?;
-    let resp = pb::node_client::NodeClient::new(ch)
-        .attest(pb::AttestRequest {
-            attestation_type: "join_token".into(),
-            attestation_data: token.into_bytes(),
-            csr,
-        })
-        .await
-        .map_err(NodeError::Refused)?
-        .into_inner();
+    let req = pb::AttestRequest {
+        attestation_type: "join_token".into(),
+        attestation_data: token.into_bytes(),
+        csr,
+    };
+    let mut client = pb::node_client::NodeClient::new(ch);
+    let mut attempt = 0;
+    let resp = loop {
+        match client.attest(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            // Rate-limited (per address: several nodes behind one NAT) or the CA is saturated:
+            // the token is not spent, so wait and try again.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted && attempt < ATTEST_RETRIES => {
+                let wait = attest_backoff(attempt);
+                attempt += 1;
+                tracing::warn!(reason = %s.message(), ?wait, "server busy; retrying node attestation");
+                tokio::time::sleep(wait).await;
+            }
+            Err(s) => return Err(NodeError::Refused(s)),
+        }
+    };
     let svid = resp
         .svid
         .ok_or_else(|| NodeError::BadReply("no svid".into()))?;
@@ -509,4 +530,20 @@ async fn attest(
     )?;
     tracing::info!(agent_id = %identity.id, "node attested with join token");
     Ok((identity, bundle))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn attestation_backoff_doubles_to_ten_seconds() {
+        let waits: Vec<u64> = (0..ATTEST_RETRIES)
+            .map(|a| attest_backoff(a).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10, 10, 10]);
+        assert_eq!(attest_backoff(40), Duration::from_secs(10));
+    }
 }

@@ -1,9 +1,10 @@
 //! The agent's link to a real in-process server: after renewing its SVID the agent moves to
-//! connections that present the new one (the server soon refuses the old one).
+//! connections that present the new one (the server soon refuses the old one), a
+//! rate-limited attestation is retried, and the admin socket caps concurrent HTTP/2 streams.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use sigil_proto::sigil::v1 as pb;
@@ -52,7 +53,7 @@ async fn after_renewal_the_agent_carries_on_with_its_new_svid() {
     let server = TestServer::start_with(
         dir.path(),
         0,
-        "default_x509_svid_ttl = \"6s\"\nagent_svid_overlap = \"1s\"\n",
+        "attestation_rate_limit = 0\ndefault_x509_svid_ttl = \"6s\"\nagent_svid_overlap = \"1s\"\n",
     )
     .await;
     let files = AgentFiles::in_dir(dir.path(), "agent");
@@ -92,4 +93,58 @@ async fn after_renewal_the_agent_carries_on_with_its_new_svid() {
     tokio::time::timeout(WAIT, agent.shutdown()).await.unwrap();
     let mut server = server;
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_attestation_is_retried() {
+    init_tracing();
+    let dir = tempdir();
+    let mut server = TestServer::start_with(dir.path(), 0, "attestation_rate_limit = 1\n").await;
+    let mut agents = Vec::new();
+    let t = Instant::now();
+    // Two nodes behind one address joining at once: the second is refused at first.
+    for name in ["a", "b"] {
+        let files = AgentFiles::in_dir(dir.path(), name);
+        server.write_bundle_pem(&files.bundle_path).await;
+        let token = server.join_token("").await;
+        agents.push(start_agent(&files, server.addr, &token).await.unwrap());
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_ne!(agents[0].agent_id, agents[1].agent_id);
+    for a in agents {
+        tokio::time::timeout(WAIT, a.shutdown()).await.unwrap();
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_socket_caps_concurrent_streams() {
+    let env = Env::start().await;
+    let io = tokio::net::UnixStream::connect(&env.files.admin_socket_path)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(io).await.unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("http://localhost/sigil.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    // Once a response is in, the agent's SETTINGS have been applied.
+    let (resp, _) = send.send_request(req, true).unwrap();
+    tokio::time::timeout(WAIT, resp).await.unwrap().unwrap();
+    assert_eq!(
+        send.current_max_send_streams(),
+        sigil_agent::serve::ADMIN_MAX_CONCURRENT_STREAMS as usize
+    );
+    env.shutdown().await;
 }

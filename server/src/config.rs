@@ -72,6 +72,8 @@ struct FileConfig {
     log_format: Option<String>,
     upstream_authority: Option<UpstreamAuthority>,
     agent_svid_overlap: Option<String>,
+    attestation_rate_limit: Option<u32>,
+    max_pending_signatures: Option<u32>,
 }
 
 /// Log output format.
@@ -115,7 +117,16 @@ pub struct Config {
     /// How long an agent's previous SVID stays accepted after a renewal, unless the agent
     /// presents the new one first. Default 5m.
     pub agent_svid_overlap: Duration,
+    /// Node attestations accepted per second per source address (IPv6: per /64), in bursts of
+    /// the same size; 0 turns the limit off. Default 1, as SPIRE's.
+    pub attestation_rate_limit: u32,
+    /// Most signatures admitted at once (being signed or waiting); beyond it signing calls are
+    /// refused with RESOURCE_EXHAUSTED. At least [`MAX_BATCH`]. Default 4096.
+    pub max_pending_signatures: u32,
 }
+
+/// Most CSRs in one `BatchSignX509Svid` call.
+pub const MAX_BATCH: u32 = 500;
 
 /// Command-line values that take precedence over the file.
 #[derive(Debug, Default, Clone)]
@@ -235,8 +246,15 @@ impl Config {
                 f.agent_svid_overlap.as_deref(),
                 Duration::from_secs(300),
             )?,
+            attestation_rate_limit: f.attestation_rate_limit.unwrap_or(1),
+            max_pending_signatures: f.max_pending_signatures.unwrap_or(4096),
         };
-
+        if cfg.max_pending_signatures < MAX_BATCH {
+            return Err(ConfigError::Invalid {
+                key: "max_pending_signatures",
+                reason: format!("must be at least {MAX_BATCH} (one full signing batch)"),
+            });
+        }
         if cfg.default_x509_svid_ttl >= cfg.ca_ttl {
             return Err(ConfigError::Invalid {
                 key: "default_x509_svid_ttl",
@@ -325,16 +343,21 @@ mod tests {
         assert_eq!(c.jwt_issuer, None);
         assert_eq!(c.admin_socket_path, PathBuf::from(DEFAULT_ADMIN_SOCKET));
         assert_eq!(c.agent_svid_overlap, Duration::from_secs(300));
+        assert_eq!(c.attestation_rate_limit, 1);
+        assert_eq!(c.max_pending_signatures, 4096);
     }
 
     #[test]
-    fn agent_svid_overlap() {
+    fn hardening_keys() {
         let c = Config::from_toml(
-            "trust_domain = \"a\"\nagent_svid_overlap = \"30s\"",
+            "trust_domain = \"a\"\nagent_svid_overlap = \"30s\"\nattestation_rate_limit = 0\n\
+             max_pending_signatures = 500",
             Overrides::default(),
         )
         .unwrap();
         assert_eq!(c.agent_svid_overlap, Duration::from_secs(30));
+        assert_eq!(c.attestation_rate_limit, 0);
+        assert_eq!(c.max_pending_signatures, 500);
     }
 
     #[test]
@@ -369,8 +392,16 @@ mod tests {
             ),
             ("", "trust_domain"),
             (
+                "trust_domain = \"a\"\nmax_pending_signatures = 499",
+                "max_pending_signatures",
+            ),
+            (
                 "trust_domain = \"a\"\nagent_svid_overlap = \"0s\"",
                 "agent_svid_overlap",
+            ),
+            (
+                "trust_domain = \"a\"\nattestation_rate_limit = -1",
+                "attestation_rate_limit",
             ),
         ] {
             let e = Config::from_toml(toml, Overrides::default())

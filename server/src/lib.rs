@@ -10,6 +10,8 @@
 //! - [`api`]: gRPC services (agent-facing `Node` and sync, admin services).
 //! - [`convert`]: wire <-> record conversion and input validation.
 //! - [`status`]: the one mapping of errors to gRPC status codes.
+//! - [`signing`]: admission and bounded execution of signing work.
+//! - [`rate_limit`]: per-source-address limits on unauthenticated calls.
 //! - [`serve`]: wiring of listeners, TLS and background tasks.
 #![forbid(unsafe_code)]
 
@@ -21,8 +23,10 @@ pub mod config;
 pub mod convert;
 pub mod datastore;
 pub mod jwt;
+pub mod rate_limit;
 pub mod registry;
 pub mod serve;
+pub mod signing;
 pub mod state;
 pub mod status;
 pub mod x509_rotation;

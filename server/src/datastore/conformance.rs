@@ -40,6 +40,7 @@ macro_rules! datastore_conformance_tests {
             join_token_prune,
             agent_crud_and_pagination,
             agent_update_is_check_and_set,
+            join_token_get_is_read_only,
             banned_agent_cannot_reattest,
             bundle_crud,
             authority_round_trip,

@@ -196,6 +196,11 @@ pub trait DataStore: Send + Sync + 'static {
     /// exists or the alias is a duplicate; then neither is stored.
     fn create_join_token(&self, token: JoinToken, alias: Option<Entry>) -> Result<()>;
 
+    /// The join token with this value, if any, without consuming it: attestation checks the
+    /// token before it does any expensive work, and consumes it later with
+    /// [`attest_join_token`](Self::attest_join_token), which checks it again.
+    fn get_join_token(&self, token: &str) -> Result<Option<JoinToken>>;
+
     /// Consumes a join token for an attesting agent: in one transaction the token is checked,
     /// deleted (tokens are single use) and `agent` is inserted or replaces an earlier record.
     /// [`StoreError::NotFound`] if the token does not exist (or was already used);

@@ -255,6 +255,13 @@ impl DataStore for SledStore {
         self.finish(outcome)
     }
 
+    fn get_join_token(&self, token: &str) -> Result<Option<JoinToken>> {
+        match self.join_tokens.get(token.as_bytes()).map_err(backend)? {
+            Some(v) => Ok(Some(decode("join token", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn attest_join_token(&self, token: &str, now: i64, agent: AgentRecord) -> Result<()> {
         let what = format!("agent {:?}", agent.id.to_string());
         let value = encode(&what, &agent)?;

@@ -1,5 +1,5 @@
-//! Conformance cases for the agent lifecycle rules: check-and-set updates and bans surviving
-//! re-attestation.
+//! Conformance cases for the agent lifecycle rules: check-and-set updates, read-only token
+//! lookup, and bans surviving re-attestation.
 
 use super::agent;
 use crate::datastore::{AgentUpdate, DataStore, JoinToken, StoreError};
@@ -81,8 +81,22 @@ pub(crate) fn agent_update_is_check_and_set(store: &dyn DataStore) {
     assert_eq!(end, start + THREADS * EACH);
 }
 
-/// A banned agent cannot re-attest with a new token of the same value; the token survives
-/// (it admits the agent once the ban is lifted by eviction).
+/// Looking a token up neither consumes it nor hides an expired one (the caller decides).
+pub(crate) fn join_token_get_is_read_only(store: &dyn DataStore) {
+    assert_eq!(store.get_join_token("nope").unwrap(), None);
+    store.create_join_token(token("t1", 100), None).unwrap();
+    let revision = store.revision().unwrap();
+    for _ in 0..2 {
+        assert_eq!(store.get_join_token("t1").unwrap(), Some(token("t1", 100)));
+    }
+    assert_eq!(store.revision().unwrap(), revision);
+    store
+        .attest_join_token("t1", 99, agent("join_token/t1"))
+        .unwrap();
+    assert_eq!(store.get_join_token("t1").unwrap(), None, "consumed");
+}
+
+/// A banned agent cannot re-attest with a new token of the same value; the token survives.
 pub(crate) fn banned_agent_cannot_reattest(store: &dyn DataStore) {
     let mut a = agent("join_token/t1");
     a.banned = true;
@@ -99,6 +113,7 @@ pub(crate) fn banned_agent_cannot_reattest(store: &dyn DataStore) {
     assert!(!err.to_string().contains("t1"), "no token in {err}");
     assert_eq!(store.get_agent(&a.id).unwrap(), Some(a.clone()));
     assert_eq!(store.revision().unwrap(), revision);
+    assert_eq!(store.get_join_token("t1").unwrap(), Some(token("t1", 100)));
 
     // Eviction (deleting the record) is what lifts a ban.
     store.delete_agent(&a.id).unwrap();
