@@ -74,6 +74,8 @@ struct FileConfig {
     agent_svid_overlap: Option<String>,
     attestation_rate_limit: Option<u32>,
     max_pending_signatures: Option<u32>,
+    prune_interval: Option<String>,
+    prune_attested_agents_expired_for: Option<String>,
 }
 
 /// Log output format.
@@ -123,6 +125,12 @@ pub struct Config {
     /// Most signatures admitted at once (being signed or waiting); beyond it signing calls are
     /// refused with RESOURCE_EXHAUSTED. At least [`MAX_BATCH`]. Default 4096.
     pub max_pending_signatures: u32,
+    /// How often expired join tokens (and, if enabled, long-expired agents) are pruned.
+    /// Default 10m.
+    pub prune_interval: Duration,
+    /// Agents whose SVID expired longer ago than this are deleted by the pruner (banned ones
+    /// never are). Off by default, as SPIRE's `prune_attested_nodes_expired_for`.
+    pub prune_attested_agents_expired_for: Option<Duration>,
 }
 
 /// Most CSRs in one `BatchSignX509Svid` call.
@@ -248,6 +256,16 @@ impl Config {
             )?,
             attestation_rate_limit: f.attestation_rate_limit.unwrap_or(1),
             max_pending_signatures: f.max_pending_signatures.unwrap_or(4096),
+            prune_interval: duration(
+                "prune_interval",
+                f.prune_interval.as_deref(),
+                Duration::from_secs(600),
+            )?,
+            prune_attested_agents_expired_for: f
+                .prune_attested_agents_expired_for
+                .as_deref()
+                .map(|v| duration("prune_attested_agents_expired_for", Some(v), Duration::ZERO))
+                .transpose()?,
         };
         if cfg.max_pending_signatures < MAX_BATCH {
             return Err(ConfigError::Invalid {
@@ -345,19 +363,27 @@ mod tests {
         assert_eq!(c.agent_svid_overlap, Duration::from_secs(300));
         assert_eq!(c.attestation_rate_limit, 1);
         assert_eq!(c.max_pending_signatures, 4096);
+        assert_eq!(c.prune_interval, Duration::from_secs(600));
+        assert_eq!(c.prune_attested_agents_expired_for, None);
     }
 
     #[test]
     fn hardening_keys() {
         let c = Config::from_toml(
             "trust_domain = \"a\"\nagent_svid_overlap = \"30s\"\nattestation_rate_limit = 0\n\
-             max_pending_signatures = 500",
+             max_pending_signatures = 500\nprune_interval = \"1m\"\n\
+             prune_attested_agents_expired_for = \"7d\"",
             Overrides::default(),
         )
         .unwrap();
         assert_eq!(c.agent_svid_overlap, Duration::from_secs(30));
         assert_eq!(c.attestation_rate_limit, 0);
         assert_eq!(c.max_pending_signatures, 500);
+        assert_eq!(c.prune_interval, Duration::from_secs(60));
+        assert_eq!(
+            c.prune_attested_agents_expired_for,
+            Some(Duration::from_secs(7 * 86400))
+        );
     }
 
     #[test]
@@ -398,6 +424,10 @@ mod tests {
             (
                 "trust_domain = \"a\"\nagent_svid_overlap = \"0s\"",
                 "agent_svid_overlap",
+            ),
+            (
+                "trust_domain = \"a\"\nprune_attested_agents_expired_for = \"soon\"",
+                "prune_attested_agents_expired_for",
             ),
             (
                 "trust_domain = \"a\"\nattestation_rate_limit = -1",

@@ -12,6 +12,7 @@
 //! - [`status`]: the one mapping of errors to gRPC status codes.
 //! - [`signing`]: admission and bounded execution of signing work.
 //! - [`rate_limit`]: per-source-address limits on unauthenticated calls.
+//! - [`prune`]: periodic removal of expired join tokens and long-expired agents.
 //! - [`serve`]: wiring of listeners, TLS and background tasks.
 #![forbid(unsafe_code)]
 
@@ -23,6 +24,7 @@ pub mod config;
 pub mod convert;
 pub mod datastore;
 pub mod jwt;
+pub mod prune;
 pub mod rate_limit;
 pub mod registry;
 pub mod serve;

@@ -268,6 +268,12 @@ pub async fn start(cfg: Config) -> Result<Running, ServeError> {
         shutdown_rx.clone(),
     )));
 
+    // Prune expired join tokens (and, if configured, long-expired agents).
+    tasks.push(tokio::spawn(crate::prune::run(
+        Arc::clone(&state),
+        shutdown_rx.clone(),
+    )));
+
     // Renew the server's own SVID at half its lifetime, without touching the listener.
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {

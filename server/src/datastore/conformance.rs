@@ -42,6 +42,7 @@ macro_rules! datastore_conformance_tests {
             agent_update_is_check_and_set,
             join_token_get_is_read_only,
             banned_agent_cannot_reattest,
+            agent_prune,
             bundle_crud,
             authority_round_trip,
         );

@@ -237,6 +237,12 @@ pub trait DataStore: Send + Sync + 'static {
         decide: &dyn Fn(&AgentRecord) -> Option<AgentRecord>,
     ) -> Result<AgentUpdate>;
 
+    /// Deletes every agent that is not banned and whose SVID expired at or before
+    /// `expired_before` (unix seconds), each re-checked in the transaction that removes it, so
+    /// a renewal that lands first keeps its agent. Banned records are kept: deleting one would
+    /// lift the ban. Returns the IDs removed.
+    fn prune_agents(&self, expired_before: i64) -> Result<Vec<SpiffeId>>;
+
     /// One page of agents ordered by SPIFFE ID, and the token of the next page.
     fn list_agents(&self, page: Page) -> Result<(Vec<AgentRecord>, Option<String>)>;
 

@@ -361,6 +361,39 @@ impl DataStore for SledStore {
         self.finish(outcome)
     }
 
+    fn prune_agents(&self, expired_before: i64) -> Result<Vec<SpiffeId>> {
+        let prunable = |a: &AgentRecord| !a.banned && a.x509_svid_expires_at <= expired_before;
+        let mut candidates = Vec::new();
+        for kv in self.agents.iter() {
+            let (key, value) = kv.map_err(backend)?;
+            let name = key_str("agent", &key)?;
+            let agent: AgentRecord = decode(&format!("agent {name:?}"), &value)?;
+            if prunable(&agent) {
+                candidates.push((key, agent.id));
+            }
+        }
+        let mut removed = Vec::new();
+        for (key, id) in candidates {
+            let what = format!("agent {:?}", id.to_string());
+            let outcome = (&self.agents, &self.meta).transaction(|(a, m)| -> TxResult<bool> {
+                let Some(raw) = a.get(&key)? else {
+                    return Ok(false);
+                };
+                // Re-checked here: a renewal or ban since the scan keeps the agent.
+                if !prunable(&abort_on(decode::<AgentRecord>(&what, &raw))?) {
+                    return Ok(false);
+                }
+                a.remove(&key)?;
+                bump_revision(m)?;
+                Ok(true)
+            });
+            if self.finish(outcome)? {
+                removed.push(id);
+            }
+        }
+        Ok(removed)
+    }
+
     fn list_agents(&self, page: Page) -> Result<(Vec<AgentRecord>, Option<String>)> {
         paginate(&self.agents, b"", &page, |k, v| {
             let key = key_str("agent", k)?;

@@ -1,5 +1,5 @@
 //! Conformance cases for the agent lifecycle rules: check-and-set updates, read-only token
-//! lookup, and bans surviving re-attestation.
+//! lookup, bans surviving re-attestation, and pruning of long-expired agents.
 
 use super::agent;
 use crate::datastore::{AgentUpdate, DataStore, JoinToken, StoreError};
@@ -119,4 +119,33 @@ pub(crate) fn banned_agent_cannot_reattest(store: &dyn DataStore) {
     store.delete_agent(&a.id).unwrap();
     store.attest_join_token("t1", 50, fresh.clone()).unwrap();
     assert_eq!(store.get_agent(&a.id).unwrap(), Some(fresh));
+}
+
+/// Pruning removes exactly the unbanned agents whose SVID expired at or before the cutoff.
+pub(crate) fn agent_prune(store: &dyn DataStore) {
+    assert!(store.prune_agents(i64::MAX).unwrap().is_empty());
+    let mut old = agent("old");
+    old.x509_svid_expires_at = 100;
+    let mut edge = agent("edge");
+    edge.x509_svid_expires_at = 200;
+    let mut fresh = agent("fresh");
+    fresh.x509_svid_expires_at = 201;
+    let mut banned = agent("banned");
+    banned.x509_svid_expires_at = 50;
+    banned.banned = true;
+    for a in [&old, &edge, &fresh, &banned] {
+        store.put_agent(a.clone()).unwrap();
+    }
+    let revision = store.revision().unwrap();
+    let mut removed = store.prune_agents(200).unwrap();
+    removed.sort_by_key(ToString::to_string);
+    assert_eq!(removed, vec![edge.id.clone(), old.id.clone()]);
+    assert_eq!(store.revision().unwrap(), revision + 2);
+    for gone in [&old, &edge] {
+        assert_eq!(store.get_agent(&gone.id).unwrap(), None);
+    }
+    for kept in [&fresh, &banned] {
+        assert_eq!(store.get_agent(&kept.id).unwrap().as_ref(), Some(kept));
+    }
+    assert!(store.prune_agents(200).unwrap().is_empty());
 }
