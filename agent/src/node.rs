@@ -15,6 +15,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sigil_core::tls::{self, Authorizer, SvidResolver, TrustStore};
 use sigil_core::{Bundle, SpiffeId, TrustDomain, keys};
 use sigil_proto::sigil::v1 as pb;
+use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
@@ -174,7 +175,13 @@ pub struct NodeClient {
     /// Roots used to authenticate the server (own trust domain).
     pub trust: TrustStore,
     identity: std::sync::RwLock<Option<AgentIdentity>>,
-    channel: Channel,
+    /// TLS for every connection to the server; presents whatever `resolver` holds.
+    tls: rustls::ClientConfig,
+    /// Replaced after each renewal, so new calls go out on a connection that presents the new
+    /// SVID (an HTTP/2 connection keeps the certificate it was opened with).
+    channel: std::sync::RwLock<Channel>,
+    /// Counts renewals; long-lived streams reopen on the new channel when it changes.
+    renewals: watch::Sender<u64>,
     server_id: SpiffeId,
 }
 
@@ -313,7 +320,7 @@ impl NodeClient {
             Authorizer::Exact(server_id.clone()),
         )
         .map_err(|e| NodeError::Crypto(e.to_string()))?;
-        let channel = channel(&cfg.server_address, tls)?;
+        let channel = channel(&cfg.server_address, tls.clone())?;
         Ok((
             Self {
                 cfg,
@@ -321,16 +328,29 @@ impl NodeClient {
                 resolver,
                 trust,
                 identity: std::sync::RwLock::new(Some(identity)),
-                channel,
+                tls,
+                channel: std::sync::RwLock::new(channel),
+                renewals: watch::channel(0).0,
                 server_id,
             },
             bundle,
         ))
     }
 
-    /// A client for the server's agent-facing API.
+    /// A client for the server's agent-facing API, on the connection for the current SVID.
     pub fn client(&self) -> pb::node_client::NodeClient<Channel> {
-        pb::node_client::NodeClient::new(self.channel.clone())
+        let channel = self
+            .channel
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        pb::node_client::NodeClient::new(channel)
+    }
+
+    /// Changes after every renewal of the agent SVID: a long-lived stream opened before it
+    /// presents the previous SVID, which the server accepts only briefly, so it reopens.
+    pub fn renewals(&self) -> watch::Receiver<u64> {
+        self.renewals.subscribe()
     }
 
     /// The agent's SPIFFE ID.
@@ -380,8 +400,17 @@ impl NodeClient {
         self.resolver
             .set(identity.chain.clone(), &identity.key_pkcs8)
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
+        // New connections present the new SVID; the old connection closes once the calls and
+        // streams still on it end (the sync stream reopens on `renewals`).
+        let mut tls = self.tls.clone();
+        // A fresh session cache too: a resumed TLS session carries the client certificate of
+        // the handshake that created it, so resuming would present the previous SVID again.
+        tls.resumption = rustls::client::Resumption::in_memory_sessions(32);
+        let fresh = channel(&self.cfg.server_address, tls)?;
+        *self.channel.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         tracing::info!(agent_id = %identity.id, "agent SVID renewed");
         *self.identity.write().unwrap_or_else(|p| p.into_inner()) = Some(identity);
+        self.renewals.send_modify(|n| *n += 1);
         Ok(())
     }
 
@@ -409,6 +438,15 @@ fn persist_identity(paths: &Paths, id: &AgentIdentity) -> Result<(), NodeError> 
     write_file(&paths.key, &id.key_pkcs8, 0o600)?;
     write_file(&paths.svid, pem_chain(&id.chain).as_bytes(), 0o600)?;
     Ok(())
+}
+
+/// How many times a busy server (RESOURCE_EXHAUSTED) is asked again to attest.
+const ATTEST_RETRIES: u32 = 8;
+
+/// Wait before retry `attempt` (0-based): 1 s doubling to 10 s, about a minute in all. The server's
+/// default limit is one attestation per second per address.
+fn attest_backoff(attempt: u32) -> std::time::Duration {
+    std::time::Duration::from_secs((1u64 << attempt.min(4)).min(10))
 }
 
 async fn attest(
@@ -448,15 +486,27 @@ async fn attest(
     let key =
         keys::generate(keys::KeyType::EcP256).map_err(|e| NodeError::Crypto(e.to_string()))?;
     let csr = keys::csr_der(&key).map_err(|e| NodeError::Crypto(e.to_string()))?;
-    let resp = pb::node_client::NodeClient::new(ch)
-        .attest(pb::AttestRequest {
-            attestation_type: "join_token".into(),
-            attestation_data: token.into_bytes(),
-            csr,
-        })
-        .await
-        .map_err(NodeError::Refused)?
-        .into_inner();
+    let req = pb::AttestRequest {
+        attestation_type: "join_token".into(),
+        attestation_data: token.into_bytes(),
+        csr,
+    };
+    let mut client = pb::node_client::NodeClient::new(ch);
+    let mut attempt = 0;
+    let resp = loop {
+        match client.attest(req.clone()).await {
+            Ok(r) => break r.into_inner(),
+            // Rate-limited (per address: several nodes behind one NAT) or the CA is saturated:
+            // the token is not spent, so wait and try again.
+            Err(s) if s.code() == tonic::Code::ResourceExhausted && attempt < ATTEST_RETRIES => {
+                let wait = attest_backoff(attempt);
+                attempt += 1;
+                tracing::warn!(reason = %s.message(), ?wait, "server busy; retrying node attestation");
+                tokio::time::sleep(wait).await;
+            }
+            Err(s) => return Err(NodeError::Refused(s)),
+        }
+    };
     let svid = resp
         .svid
         .ok_or_else(|| NodeError::BadReply("no svid".into()))?;
@@ -480,4 +530,20 @@ async fn attest(
     )?;
     tracing::info!(agent_id = %identity.id, "node attested with join token");
     Ok((identity, bundle))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn attestation_backoff_doubles_to_ten_seconds() {
+        let waits: Vec<u64> = (0..ATTEST_RETRIES)
+            .map(|a| attest_backoff(a).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 10, 10, 10, 10]);
+        assert_eq!(attest_backoff(40), Duration::from_secs(10));
+    }
 }

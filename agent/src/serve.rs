@@ -20,6 +20,10 @@ use crate::node::{NodeClient, NodeError};
 use crate::sds::Sds;
 use crate::workload_api::{Attestor, WorkloadApi};
 
+/// HTTP/2 streams one connection to the admin socket may have open at once: it serves health
+/// checks, so a client that opens more waits rather than piling up work.
+pub const ADMIN_MAX_CONCURRENT_STREAMS: u32 = 32;
+
 /// Why the agent could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -186,6 +190,7 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .max_concurrent_streams(ADMIN_MAX_CONCURRENT_STREAMS)
             .add_service(pb::health_server::HealthServer::new(health))
             .serve_with_incoming_shutdown(
                 sigil_socket::normalized(tokio_stream::wrappers::UnixListenerStream::new(

@@ -138,7 +138,9 @@ impl Applier {
 pub async fn run(node: Arc<NodeClient>, cache: Arc<Cache>, mut shutdown: watch::Receiver<bool>) {
     let mut applier = Applier::default();
     let mut backoff = Duration::from_millis(100);
+    let mut renewals = node.renewals();
     loop {
+        renewals.borrow_and_update();
         let req = pb::SyncRequest {
             last_revision: applier.last_revision,
         };
@@ -160,10 +162,18 @@ pub async fn run(node: Arc<NodeClient>, cache: Arc<Cache>, mut shutdown: watch::
                 continue;
             }
         };
+        let mut renewed = false;
         loop {
             let msg = tokio::select! {
                 m = stream.message() => m,
                 _ = shutdown.changed() => return,
+                // The agent SVID was renewed: this stream's connection presents the previous
+                // one, which the server stops accepting soon, so reopen on the new connection.
+                // (`node`, held here, owns the sender: this resolves only on a renewal.)
+                _ = renewals.changed() => {
+                    renewed = true;
+                    break;
+                }
             };
             match msg {
                 Ok(Some(m)) => {
@@ -180,6 +190,10 @@ pub async fn run(node: Arc<NodeClient>, cache: Arc<Cache>, mut shutdown: watch::
         }
         applier.pending = None;
         applier.delta_upserts.clear();
+        if renewed {
+            tracing::debug!("agent SVID renewed; reopening the sync stream");
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = shutdown.changed() => return,

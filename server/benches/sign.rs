@@ -466,8 +466,9 @@ fn floor(csrs: &[Vec<u8>]) -> Floor {
 // ---------------------------------------------------------------------------------------------
 
 fn config(dir: &Path) -> Config {
+    // Every bench agent attests from 127.0.0.1: no per-address attestation limit.
     Config::from_toml(
-        "",
+        "attestation_rate_limit = 0",
         Overrides {
             trust_domain: Some(TD.into()),
             bind_address: Some("127.0.0.1:0".into()),

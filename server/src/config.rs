@@ -71,6 +71,11 @@ struct FileConfig {
     log_level: Option<String>,
     log_format: Option<String>,
     upstream_authority: Option<UpstreamAuthority>,
+    agent_svid_overlap: Option<String>,
+    attestation_rate_limit: Option<u32>,
+    max_pending_signatures: Option<u32>,
+    prune_interval: Option<String>,
+    prune_attested_agents_expired_for: Option<String>,
 }
 
 /// Log output format.
@@ -111,7 +116,25 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Optional upstream CA.
     pub upstream_authority: Option<UpstreamAuthority>,
+    /// How long an agent's previous SVID stays accepted after a renewal, unless the agent
+    /// presents the new one first. Default 5m.
+    pub agent_svid_overlap: Duration,
+    /// Node attestations accepted per second per source address (IPv6: per /64), in bursts of
+    /// the same size; 0 turns the limit off. Default 1, as SPIRE's.
+    pub attestation_rate_limit: u32,
+    /// Most signatures admitted at once (being signed or waiting); beyond it signing calls are
+    /// refused with RESOURCE_EXHAUSTED. At least [`MAX_BATCH`]. Default 4096.
+    pub max_pending_signatures: u32,
+    /// How often expired join tokens (and, if enabled, long-expired agents) are pruned.
+    /// Default 10m.
+    pub prune_interval: Duration,
+    /// Agents whose SVID expired longer ago than this are deleted by the pruner (banned ones
+    /// never are). Off by default, as SPIRE's `prune_attested_nodes_expired_for`.
+    pub prune_attested_agents_expired_for: Option<Duration>,
 }
+
+/// Most CSRs in one `BatchSignX509Svid` call.
+pub const MAX_BATCH: u32 = 500;
 
 /// Command-line values that take precedence over the file.
 #[derive(Debug, Default, Clone)]
@@ -226,7 +249,30 @@ impl Config {
             log_level: o.log_level.or(f.log_level).unwrap_or_else(|| "info".into()),
             log_format,
             upstream_authority: f.upstream_authority,
+            agent_svid_overlap: duration(
+                "agent_svid_overlap",
+                f.agent_svid_overlap.as_deref(),
+                Duration::from_secs(300),
+            )?,
+            attestation_rate_limit: f.attestation_rate_limit.unwrap_or(1),
+            max_pending_signatures: f.max_pending_signatures.unwrap_or(4096),
+            prune_interval: duration(
+                "prune_interval",
+                f.prune_interval.as_deref(),
+                Duration::from_secs(600),
+            )?,
+            prune_attested_agents_expired_for: f
+                .prune_attested_agents_expired_for
+                .as_deref()
+                .map(|v| duration("prune_attested_agents_expired_for", Some(v), Duration::ZERO))
+                .transpose()?,
         };
+        if cfg.max_pending_signatures < MAX_BATCH {
+            return Err(ConfigError::Invalid {
+                key: "max_pending_signatures",
+                reason: format!("must be at least {MAX_BATCH} (one full signing batch)"),
+            });
+        }
         if cfg.default_x509_svid_ttl >= cfg.ca_ttl {
             return Err(ConfigError::Invalid {
                 key: "default_x509_svid_ttl",
@@ -314,6 +360,30 @@ mod tests {
         assert_eq!(c.jwt_key_type, JwtKeyType::Es256);
         assert_eq!(c.jwt_issuer, None);
         assert_eq!(c.admin_socket_path, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        assert_eq!(c.agent_svid_overlap, Duration::from_secs(300));
+        assert_eq!(c.attestation_rate_limit, 1);
+        assert_eq!(c.max_pending_signatures, 4096);
+        assert_eq!(c.prune_interval, Duration::from_secs(600));
+        assert_eq!(c.prune_attested_agents_expired_for, None);
+    }
+
+    #[test]
+    fn hardening_keys() {
+        let c = Config::from_toml(
+            "trust_domain = \"a\"\nagent_svid_overlap = \"30s\"\nattestation_rate_limit = 0\n\
+             max_pending_signatures = 500\nprune_interval = \"1m\"\n\
+             prune_attested_agents_expired_for = \"7d\"",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.agent_svid_overlap, Duration::from_secs(30));
+        assert_eq!(c.attestation_rate_limit, 0);
+        assert_eq!(c.max_pending_signatures, 500);
+        assert_eq!(c.prune_interval, Duration::from_secs(60));
+        assert_eq!(
+            c.prune_attested_agents_expired_for,
+            Some(Duration::from_secs(7 * 86400))
+        );
     }
 
     #[test]
@@ -347,6 +417,22 @@ mod tests {
                 "bind_address",
             ),
             ("", "trust_domain"),
+            (
+                "trust_domain = \"a\"\nmax_pending_signatures = 499",
+                "max_pending_signatures",
+            ),
+            (
+                "trust_domain = \"a\"\nagent_svid_overlap = \"0s\"",
+                "agent_svid_overlap",
+            ),
+            (
+                "trust_domain = \"a\"\nprune_attested_agents_expired_for = \"soon\"",
+                "prune_attested_agents_expired_for",
+            ),
+            (
+                "trust_domain = \"a\"\nattestation_rate_limit = -1",
+                "attestation_rate_limit",
+            ),
         ] {
             let e = Config::from_toml(toml, Overrides::default())
                 .unwrap_err()

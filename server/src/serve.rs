@@ -20,8 +20,15 @@ use crate::api::node::Node;
 use crate::ca::{Ca, CaError};
 use crate::config::Config;
 use crate::datastore::{DataStore, EntryFilter, Page, SledStore, StoreError};
+use crate::rate_limit::AddressLimiter;
 use crate::registry::Registry;
+use crate::signing::Signer;
 use crate::state::State;
+
+/// HTTP/2 streams one client connection may have open at once, on every listener: one agent
+/// connection carries its sync stream and its signing calls, and a client opening more waits
+/// for a free stream instead of piling work onto the server.
+pub const MAX_CONCURRENT_STREAMS: u32 = 128;
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -174,6 +181,9 @@ pub async fn start_with_store(
     .map_err(io("chmod admin socket"))?;
 
     let admin_socket = cfg.admin_socket_path.clone();
+    let signer = Signer::new(cfg.max_pending_signatures, Signer::threads());
+    let attest_limiter =
+        (cfg.attestation_rate_limit > 0).then(|| AddressLimiter::new(cfg.attestation_rate_limit));
     let state = Arc::new(State {
         cfg,
         store,
@@ -182,6 +192,8 @@ pub async fn start_with_store(
         write_lock: tokio::sync::Mutex::new(()),
         server_id,
         trust: trust.clone(),
+        signer,
+        attest_limiter,
     });
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -217,6 +229,7 @@ pub async fn start_with_store(
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(pb::node_server::NodeServer::new(node))
             .serve_with_incoming_shutdown(ReceiverStream::new(conn_rx), async move {
                 let _ = sd.changed().await;
@@ -231,6 +244,7 @@ pub async fn start_with_store(
     let mut sd = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
         let r = tonic::transport::Server::builder()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(pb::entries_server::EntriesServer::new(admin.clone()))
             .add_service(pb::tokens_server::TokensServer::new(admin.clone()))
             .add_service(pb::agents_server::AgentsServer::new(admin.clone()))
@@ -259,6 +273,12 @@ pub async fn start_with_store(
 
     // Rotate the JWT signing keys on their prepare/activate schedule.
     tasks.push(tokio::spawn(crate::jwt::run(
+        Arc::clone(&state),
+        shutdown_rx.clone(),
+    )));
+
+    // Prune expired join tokens (and, if configured, long-expired agents).
+    tasks.push(tokio::spawn(crate::prune::run(
         Arc::clone(&state),
         shutdown_rx.clone(),
     )));

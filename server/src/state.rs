@@ -8,7 +8,9 @@ use sigil_core::SpiffeId;
 use crate::ca::Ca;
 use crate::config::Config;
 use crate::datastore::{DataStore, StoreError};
+use crate::rate_limit::AddressLimiter;
 use crate::registry::Registry;
+use crate::signing::Signer;
 use crate::status::ApiError;
 
 /// Everything the API handlers share.
@@ -27,6 +29,10 @@ pub struct State {
     pub server_id: SpiffeId,
     /// Roots the agent-facing TLS listener trusts; updated when the own bundle's roots change.
     pub trust: sigil_core::tls::TrustStore,
+    /// Admission and execution of signing work.
+    pub signer: Signer,
+    /// Per-source-address limit on node attestation; `None` when turned off.
+    pub attest_limiter: Option<AddressLimiter>,
 }
 
 impl std::fmt::Debug for State {

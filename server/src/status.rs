@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::ca::CaError;
 use crate::datastore::StoreError;
+use crate::signing::SignError;
 
 /// Errors of the server's API handlers.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,10 @@ pub enum ApiError {
     /// JWT key when none is prepared).
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The server is too busy for this call right now (rate limit, signing admission);
+    /// the caller should back off and retry.
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// Storage error (NotFound/AlreadyExists pass through with their message).
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,11 +63,21 @@ impl ApiError {
             Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::Unimplemented(_) => Code::Unimplemented,
             Self::FailedPrecondition(_) => Code::FailedPrecondition,
+            Self::ResourceExhausted(_) => Code::ResourceExhausted,
             Self::Store(StoreError::NotFound(_)) => Code::NotFound,
             Self::Store(StoreError::AlreadyExists(_)) => Code::AlreadyExists,
-            Self::Store(StoreError::Expired(_)) => Code::PermissionDenied,
+            Self::Store(StoreError::Expired(_) | StoreError::Refused(_)) => Code::PermissionDenied,
             Self::Ca(CaError::NothingPrepared) => Code::FailedPrecondition,
             Self::Store(_) | Self::Ca(_) | Self::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<SignError> for ApiError {
+    fn from(e: SignError) -> Self {
+        match e {
+            SignError::Saturated { .. } => Self::ResourceExhausted(e.to_string()),
+            SignError::Failed(_) => Self::Internal(e.to_string()),
         }
     }
 }
@@ -95,6 +110,12 @@ mod tests {
         assert_eq!(s.message(), "no key is prepared");
         let s: Status = ApiError::Store(StoreError::AlreadyExists("dup".into())).into();
         assert_eq!(s.code(), Code::AlreadyExists);
+        let s: Status = ApiError::from(SignError::Saturated { pending: 9 }).into();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("retry"), "{}", s.message());
+        let s: Status = ApiError::Store(StoreError::Refused("the agent is banned".into())).into();
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(s.message(), "the agent is banned");
         let s: Status = ApiError::Internal("secret detail".into()).into();
         assert_eq!(s.code(), Code::Internal);
         assert!(!s.message().contains("secret"));

@@ -14,8 +14,8 @@ use sigil_core::jwt;
 use sigil_core::{SpiffeId, TrustDomain};
 use sigil_proto::sigil::v1 as pb;
 use sigil_server::datastore::{
-    AgentRecord, Authority, AuthorityWrite, DataStore, Entry, EntryFilter, JoinToken, Page,
-    SledStore, StoreError,
+    AgentRecord, AgentUpdate, Authority, AuthorityWrite, DataStore, Entry, EntryFilter, JoinToken,
+    Page, SledStore, StoreError,
 };
 
 type LocalAuthority = pb::local_authority_client::LocalAuthorityClient<tonic::transport::Channel>;
@@ -97,8 +97,23 @@ impl DataStore for CrashingStore {
         self.write()?;
         self.inner.prune_join_tokens(now)
     }
+    fn get_join_token(&self, token: &str) -> Result<Option<JoinToken>, StoreError> {
+        self.inner.get_join_token(token)
+    }
     fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>, StoreError> {
         self.inner.get_agent(id)
+    }
+    fn update_agent(
+        &self,
+        id: &SpiffeId,
+        decide: &dyn Fn(&AgentRecord) -> Option<AgentRecord>,
+    ) -> Result<AgentUpdate, StoreError> {
+        self.write()?;
+        self.inner.update_agent(id, decide)
+    }
+    fn prune_agents(&self, expired_before: i64) -> Result<Vec<SpiffeId>, StoreError> {
+        self.write()?;
+        self.inner.prune_agents(expired_before)
     }
     fn put_agent(&self, agent: AgentRecord) -> Result<(), StoreError> {
         self.write()?;

@@ -93,11 +93,17 @@ pub struct TestServer {
 impl TestServer {
     /// Starts a server with data and admin socket under `dir`, on `port` (0 = any).
     pub async fn start(dir: &Path, port: u16) -> Self {
+        Self::start_with(dir, port, "attestation_rate_limit = 0\n").await
+    }
+
+    /// As [`TestServer::start`], with `extra` server TOML (which then also decides the
+    /// per-address attestation limit).
+    pub async fn start_with(dir: &Path, port: u16, extra: &str) -> Self {
         let data_dir = dir.join("server-data");
         let admin_socket = dir.join("server.sock");
         let toml = format!(
             "trust_domain = \"{TD}\"\nbind_address = \"127.0.0.1:{port}\"\n\
-             admin_socket_path = \"{}\"\ndata_dir = \"{}\"\n",
+             admin_socket_path = \"{}\"\ndata_dir = \"{}\"\n{extra}",
             admin_socket.display(),
             data_dir.display()
         );

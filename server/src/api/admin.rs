@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{
     agent_to_pb, bundle_from_pb, bundle_to_pb, entry_from_pb, entry_to_pb, selectors_from_pb,
 };
-use crate::datastore::{EntryFilter, JoinToken, Page};
+use crate::datastore::{AgentUpdate, EntryFilter, JoinToken, Page};
 use crate::state::State;
 use crate::status::ApiError;
 
@@ -326,15 +326,19 @@ impl pb::agents_server::Agents for Admin {
         let id = Self::agent_id(&req.into_inner().id)?;
         let _w = st.write_lock.lock().await;
         let idc = id.clone();
-        let Some(mut agent) = st.store(move |s| s.get_agent(&idc)).await? else {
-            return Err(Status::not_found(format!("agent {id} not found")));
+        // Check-and-set, like every agent-record change: a concurrent renewal cannot undo it.
+        let agent = match st
+            .store(move |s| s.update_agent(&idc, &crate::agents::banned))
+            .await?
+        {
+            AgentUpdate::Written(a) => {
+                let rev = st.store(|s| s.revision()).await?;
+                st.registry.bump(rev);
+                tracing::warn!(agent_id = %id, "agent banned");
+                a
+            }
+            AgentUpdate::Declined(a) => a,
         };
-        agent.banned = true;
-        let a2 = agent.clone();
-        st.store(move |s| s.put_agent(a2)).await?;
-        let rev = st.store(|s| s.revision()).await?;
-        st.registry.bump(rev);
-        tracing::warn!(agent_id = %id, "agent banned");
         Ok(Response::new(agent_to_pb(&agent)))
     }
 

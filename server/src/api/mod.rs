@@ -2,6 +2,7 @@
 //! `localauthority`) on the admin Unix socket.
 
 pub mod admin;
+pub mod caller;
 pub mod localauthority;
 pub mod node;
 pub mod sync;

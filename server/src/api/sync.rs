@@ -12,10 +12,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
+use crate::api::caller::{self, Caller};
 use crate::convert::{bundle_to_pb, entry_to_pb};
-use crate::datastore::AgentRecord;
 use crate::registry::Authorized;
 use crate::state::State;
+use crate::status::ApiError;
 
 /// Entries per sync message.
 pub const PAGE: usize = 500;
@@ -24,11 +25,11 @@ pub const PAGE: usize = 500;
 pub type SyncStream = ReceiverStream<Result<pb::SyncResponse, Status>>;
 
 /// Starts the per-agent sync task and returns its stream.
-pub fn start(state: Arc<State>, agent: AgentRecord, last_revision: u64) -> SyncStream {
+pub fn start(state: Arc<State>, caller: Caller, last_revision: u64) -> SyncStream {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
-        let id = agent.id.clone();
-        if let Err(e) = run(state, agent, last_revision, &tx).await {
+        let id = caller.agent.id.clone();
+        if let Err(e) = run(state, caller, last_revision, &tx).await {
             tracing::debug!(agent_id = %id, error = %e, "sync stream ended");
         }
     });
@@ -72,10 +73,11 @@ async fn federated(state: &State, auth: &Authorized) -> Vec<pb::Bundle> {
 
 async fn run(
     state: Arc<State>,
-    agent: AgentRecord,
+    caller: Caller,
     last_revision: u64,
     tx: &Tx,
 ) -> Result<(), SyncEnd> {
+    let Caller { agent, serial } = caller;
     let sels: SelectorSet = agent.selectors.iter().cloned().collect();
     let mut rev_rx = state.registry.subscribe();
     let rev = *rev_rx.borrow_and_update();
@@ -137,11 +139,17 @@ async fn run(
             _ = sleep_until_unix(next_expiry) => {}
         }
         let rev = *rev_rx.borrow_and_update();
+        // Still allowed? A ban, an eviction, or the agent's switch to a renewed SVID (which
+        // supersedes the one this stream was opened with) ends the stream.
         let id = agent.id.clone();
+        let now = unix_secs(state.now());
         match state.store(move |s| s.get_agent(&id)).await {
-            Ok(Some(a)) if !a.banned => {}
-            Ok(Some(_)) => return deny(tx, "agent is banned").await,
-            Ok(None) => return deny(tx, "agent was evicted").await,
+            Ok(Some(a)) => {
+                if let Some(refused) = caller::refusal(&a, &serial, now) {
+                    return end(tx, refused).await;
+                }
+            }
+            Ok(None) => return end(tx, caller::not_attested(&agent.id)).await,
             Err(_) => continue,
         }
         let auth = state
@@ -220,9 +228,10 @@ async fn sleep_until_unix(at: Option<i64>) {
     tokio::time::sleep(wait).await;
 }
 
-async fn deny(tx: &Tx, why: &str) -> Result<(), SyncEnd> {
-    let _ = tx
-        .send(Err(Status::permission_denied(why.to_owned())))
-        .await;
-    Err(SyncEnd::Denied(why.to_owned()))
+/// Ends the stream with `why` (PermissionDenied for a ban or eviction, Unauthenticated for a
+/// superseded SVID, on which the agent reconnects with its current one).
+async fn end(tx: &Tx, why: ApiError) -> Result<(), SyncEnd> {
+    let reason = why.to_string();
+    let _ = tx.send(Err(Status::from(why))).await;
+    Err(SyncEnd::Denied(reason))
 }

@@ -11,9 +11,11 @@
 //! store. Cases never assume a starting revision of 0 or any record order beyond the documented
 //! key order, so a SQL backend can pass them unchanged.
 
+mod agents;
 mod entries;
 mod records;
 
+pub(crate) use agents::*;
 pub(crate) use entries::*;
 pub(crate) use records::*;
 
@@ -37,6 +39,10 @@ macro_rules! datastore_conformance_tests {
             join_token_alias_is_atomic,
             join_token_prune,
             agent_crud_and_pagination,
+            agent_update_is_check_and_set,
+            join_token_get_is_read_only,
+            banned_agent_cannot_reattest,
+            agent_prune,
             bundle_crud,
             authority_round_trip,
             authorities_and_bundle_in_one_write,
@@ -93,6 +99,8 @@ pub(crate) fn agent(path: &str) -> AgentRecord {
         attestation_type: "join_token".into(),
         x509_svid_serial: "01ab".into(),
         x509_svid_expires_at: 1_700_003_600,
+        previous_x509_svid_serial: String::new(),
+        previous_x509_svid_accepted_until: 0,
         selectors: vec![sel("join_token:abc")],
         banned: false,
         created_at: 1_700_000_000,

@@ -17,6 +17,9 @@
 //! - A write touching several records is atomic: on any error nothing is written. The one
 //!   documented exception is [`DataStore::attest_join_token`], which deletes an expired token
 //!   even though it reports [`StoreError::Expired`].
+//! - Agent records change by check-and-set ([`DataStore::update_agent`]): the decision and
+//!   the write happen in one transaction against the stored record, so a renewal can never
+//!   undo a concurrent ban or recreate an evicted agent.
 //! - A store-wide revision counter ([`DataStore::revision`]) increases by one in the same
 //!   transaction as every entry, agent and bundle write, so the server can stream changes to
 //!   agents in order.
@@ -59,6 +62,20 @@ pub enum StoreError {
     /// The storage engine itself failed (I/O, lock held by another process, ...).
     #[error("storage backend error: {0}")]
     Backend(String),
+    /// The stored state forbids the write, e.g. a banned agent re-attesting; nothing was
+    /// written. The message says why and never holds a secret.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What [`DataStore::update_agent`] did. The stored record a decision was based on comes back
+/// either way, so a caller whose change was declined can say why (banned, superseded SVID).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentUpdate {
+    /// The decision returned a new record, which is now stored (with a new revision).
+    Written(AgentRecord),
+    /// The decision declined the change; this is the stored record, unchanged.
+    Declined(AgentRecord),
 }
 
 /// Shorthand for results of storage operations.
@@ -198,11 +215,18 @@ pub trait DataStore: Send + Sync + 'static {
     /// exists or the alias is a duplicate; then neither is stored.
     fn create_join_token(&self, token: JoinToken, alias: Option<Entry>) -> Result<()>;
 
+    /// The join token with this value, if any, without consuming it: attestation checks the
+    /// token before it does any expensive work, and consumes it later with
+    /// [`attest_join_token`](Self::attest_join_token), which checks it again.
+    fn get_join_token(&self, token: &str) -> Result<Option<JoinToken>>;
+
     /// Consumes a join token for an attesting agent: in one transaction the token is checked,
-    /// deleted (tokens are single use) and `agent` is inserted or replaced.
+    /// deleted (tokens are single use) and `agent` is inserted or replaces an earlier record.
     /// [`StoreError::NotFound`] if the token does not exist (or was already used);
     /// [`StoreError::Expired`] if `expires_at <= now`, in which case the token is deleted
-    /// anyway and no agent is written.
+    /// anyway and no agent is written; [`StoreError::Refused`] if a banned record with the same
+    /// ID is stored, in which case nothing is written and the token stays (a ban survives
+    /// re-attestation; only deleting the record lifts it).
     fn attest_join_token(&self, token: &str, now: i64, agent: AgentRecord) -> Result<()>;
 
     /// Deletes every join token with `expires_at <= now`; returns how many were deleted.
@@ -213,8 +237,30 @@ pub trait DataStore: Send + Sync + 'static {
     /// The attested agent with this SPIFFE ID, if any.
     fn get_agent(&self, id: &SpiffeId) -> Result<Option<AgentRecord>>;
 
-    /// Inserts or replaces an agent record (re-attestation, SVID renewal, ban).
+    /// Inserts or replaces an agent record unconditionally: only for seeding a store (tests,
+    /// restores). Request paths never call it: a blind write based on an earlier read would
+    /// undo a concurrent ban or eviction; they use [`update_agent`](Self::update_agent).
     fn put_agent(&self, agent: AgentRecord) -> Result<()>;
+
+    /// Check-and-set update of one agent record (renewal, ban, SVID activation): in one
+    /// transaction the stored record is read and handed to `decide`; if it returns a record,
+    /// that record (keeping the stored ID) replaces the stored one and the revision advances,
+    /// if it returns `None` nothing is written. A concurrent ban or eviction therefore either
+    /// happens before (and `decide` sees it) or after, never in between.
+    /// [`StoreError::NotFound`] if no record is stored: an update never recreates an evicted
+    /// agent. `decide` may run more than once (a backend retries on conflict), so it must be a
+    /// pure function of the record it is given.
+    fn update_agent(
+        &self,
+        id: &SpiffeId,
+        decide: &dyn Fn(&AgentRecord) -> Option<AgentRecord>,
+    ) -> Result<AgentUpdate>;
+
+    /// Deletes every agent that is not banned and whose SVID expired at or before
+    /// `expired_before` (unix seconds), each re-checked in the transaction that removes it, so
+    /// a renewal that lands first keeps its agent. Banned records are kept: deleting one would
+    /// lift the ban. Returns the IDs removed.
+    fn prune_agents(&self, expired_before: i64) -> Result<Vec<SpiffeId>>;
 
     /// One page of agents ordered by SPIFFE ID, and the token of the next page.
     fn list_agents(&self, page: Page) -> Result<(Vec<AgentRecord>, Option<String>)>;

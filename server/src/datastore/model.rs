@@ -78,10 +78,20 @@ pub struct AgentRecord {
     pub id: SpiffeId,
     /// Which node attestor vouched for it, e.g. `join_token`.
     pub attestation_type: String,
-    /// Serial number of the agent's current X.509-SVID, to refuse renewals with an old one.
+    /// Serial number of the agent's current (newest) X.509-SVID: the only one the server accepts
+    /// once the agent has presented it, so a stolen or superseded agent SVID stops working.
     pub x509_svid_serial: String,
     /// When that SVID expires, in unix seconds.
     pub x509_svid_expires_at: i64,
+    /// Serial of the SVID the last renewal replaced, still accepted until the agent first
+    /// presents the current one or until `previous_x509_svid_accepted_until`, so an agent can
+    /// switch connections, or retry a renewal whose reply it lost, without being locked out.
+    /// Empty when there is none.
+    #[serde(default)]
+    pub previous_x509_svid_serial: String,
+    /// End of that overlap, in unix seconds; meaningless when there is no previous serial.
+    #[serde(default)]
+    pub previous_x509_svid_accepted_until: i64,
     /// Node selectors produced by attestation, used to resolve node-alias entries.
     pub selectors: Vec<Selector>,
     /// A banned agent may not renew or re-attest until an operator deletes the record.

@@ -30,8 +30,8 @@ use self::codec::{backend, decode, decode_bundle, encode, encode_bundle, key_str
 use self::entries::EntryTrees;
 use self::permissions::{create_private_dir, restrict_permissions};
 use super::{
-    AgentRecord, Authority, AuthorityWrite, DataStore, Entry, EntryFilter, JoinToken, Page, Result,
-    StoreError,
+    AgentRecord, AgentUpdate, Authority, AuthorityWrite, DataStore, Entry, EntryFilter, JoinToken,
+    Page, Result, StoreError,
 };
 
 /// Result type of the closures run inside a sled transaction; `Abort` carries our error.
@@ -255,14 +255,31 @@ impl DataStore for SledStore {
         self.finish(outcome)
     }
 
+    fn get_join_token(&self, token: &str) -> Result<Option<JoinToken>> {
+        match self.join_tokens.get(token.as_bytes()).map_err(backend)? {
+            Some(v) => Ok(Some(decode("join token", &v)?)),
+            None => Ok(None),
+        }
+    }
+
     fn attest_join_token(&self, token: &str, now: i64, agent: AgentRecord) -> Result<()> {
-        let value = encode(&format!("agent {:?}", agent.id.to_string()), &agent)?;
+        let what = format!("agent {:?}", agent.id.to_string());
+        let value = encode(&what, &agent)?;
         let agent_key = agent.id.to_string();
         let tx = (&self.join_tokens, &self.agents, &self.meta);
         let outcome = tx.transaction(|(t, a, m)| -> TxResult<Result<()>> {
             let Some(stored) = t.get(token.as_bytes())? else {
                 return sled::transaction::abort(StoreError::NotFound("join token".into()));
             };
+            if let Some(existing) = a.get(agent_key.as_bytes())? {
+                let existing: AgentRecord = abort_on(decode(&what, &existing))?;
+                if existing.banned {
+                    // The agent ID holds the token value: keep it out of the message.
+                    return sled::transaction::abort(StoreError::Refused(
+                        "the agent is banned".into(),
+                    ));
+                }
+            }
             let stored: JoinToken = abort_on(decode("join token", &stored))?;
             t.remove(token.as_bytes())?;
             if stored.expires_at <= now {
@@ -318,6 +335,63 @@ impl DataStore for SledStore {
             Ok(())
         });
         self.finish(outcome)
+    }
+
+    fn update_agent(
+        &self,
+        id: &SpiffeId,
+        decide: &dyn Fn(&AgentRecord) -> Option<AgentRecord>,
+    ) -> Result<AgentUpdate> {
+        let key = id.to_string();
+        let what = format!("agent {key:?}");
+        let outcome = (&self.agents, &self.meta).transaction(|(a, m)| -> TxResult<AgentUpdate> {
+            let Some(raw) = a.get(key.as_bytes())? else {
+                return sled::transaction::abort(StoreError::NotFound(what.clone()));
+            };
+            let stored: AgentRecord = abort_on(decode(&what, &raw))?;
+            let Some(mut next) = decide(&stored) else {
+                return Ok(AgentUpdate::Declined(stored));
+            };
+            // The key is the ID: a decision cannot move a record to another agent.
+            next.id = stored.id;
+            a.insert(key.as_bytes(), abort_on(encode(&what, &next))?)?;
+            bump_revision(m)?;
+            Ok(AgentUpdate::Written(next))
+        });
+        self.finish(outcome)
+    }
+
+    fn prune_agents(&self, expired_before: i64) -> Result<Vec<SpiffeId>> {
+        let prunable = |a: &AgentRecord| !a.banned && a.x509_svid_expires_at <= expired_before;
+        let mut candidates = Vec::new();
+        for kv in self.agents.iter() {
+            let (key, value) = kv.map_err(backend)?;
+            let name = key_str("agent", &key)?;
+            let agent: AgentRecord = decode(&format!("agent {name:?}"), &value)?;
+            if prunable(&agent) {
+                candidates.push((key, agent.id));
+            }
+        }
+        let mut removed = Vec::new();
+        for (key, id) in candidates {
+            let what = format!("agent {:?}", id.to_string());
+            let outcome = (&self.agents, &self.meta).transaction(|(a, m)| -> TxResult<bool> {
+                let Some(raw) = a.get(&key)? else {
+                    return Ok(false);
+                };
+                // Re-checked here: a renewal or ban since the scan keeps the agent.
+                if !prunable(&abort_on(decode::<AgentRecord>(&what, &raw))?) {
+                    return Ok(false);
+                }
+                a.remove(&key)?;
+                bump_revision(m)?;
+                Ok(true)
+            });
+            if self.finish(outcome)? {
+                removed.push(id);
+            }
+        }
+        Ok(removed)
     }
 
     fn list_agents(&self, page: Page) -> Result<(Vec<AgentRecord>, Option<String>)> {

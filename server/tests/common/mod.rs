@@ -85,8 +85,10 @@ pub fn csr() -> Vec<u8> {
 }
 
 /// Config for a server in `dir`: loopback port 0, admin socket and data in `dir`, plus `toml`.
+/// Tests attest many agents from 127.0.0.1 in quick succession, so the per-address attestation
+/// limit is off unless `toml` sets it (as the tests of the limit do).
 pub fn config(dir: &Path, toml: &str) -> Config {
-    Config::from_toml(
+    let mut cfg = Config::from_toml(
         toml,
         Overrides {
             trust_domain: Some(TD.into()),
@@ -96,7 +98,11 @@ pub fn config(dir: &Path, toml: &str) -> Config {
             ..Default::default()
         },
     )
-    .unwrap()
+    .unwrap();
+    if !toml.contains("attestation_rate_limit") {
+        cfg.attestation_rate_limit = 0;
+    }
+    cfg
 }
 
 /// Asserts `status` has `code` and its message mentions `needle`.
