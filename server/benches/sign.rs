@@ -466,9 +466,11 @@ fn floor(csrs: &[Vec<u8>]) -> Floor {
 // ---------------------------------------------------------------------------------------------
 
 fn config(dir: &Path) -> Config {
-    // Every bench agent attests from 127.0.0.1: no per-address attestation limit.
+    // Every bench agent attests from 127.0.0.1: no per-address attestation limit. The open-loop
+    // phase overloads the server on purpose with up to 4096 requests in flight; admission sits
+    // above that so the bench measures the signing path, not refusals.
     Config::from_toml(
-        "attestation_rate_limit = 0",
+        "attestation_rate_limit = 0\nmax_pending_signatures = 8192",
         Overrides {
             trust_domain: Some(TD.into()),
             bind_address: Some("127.0.0.1:0".into()),
