@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`config`]: the TOML configuration and its defaults.
 //! - [`node`]: the agent's own identity and its mTLS channel to the server.
+//! - [`data_dir`]: the identity and roots kept in `data_dir`, written crash-safely.
 //! - [`sync`]: the push-sync stream from the server, applied to the cache.
 //! - [`cache`]: entries, SVIDs and bundles as watchable snapshots.
 //! - [`rotate`]: issuing and renewing workload SVIDs.
@@ -18,6 +19,7 @@
 pub mod attestation;
 pub mod cache;
 pub mod config;
+pub mod data_dir;
 pub mod jwt;
 pub mod node;
 pub mod peer;

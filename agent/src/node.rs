@@ -1,11 +1,9 @@
 //! The agent's link to the server: its own identity (agent SVID, kept in `data_dir` so a
-//! restart does not re-attest), node attestation with a join token, renewal, and the mTLS
-//! channel every server call uses.
+//! restart does not re-attest; see [`crate::data_dir`]), node attestation with a join token,
+//! renewal, and the mTLS channel every server call uses.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,6 +17,7 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::Config;
+use crate::data_dir::{self, DataDirError, Paths, pem_chain, read_pem_certs, write_file};
 
 /// Why the agent could not reach or join the server.
 #[derive(Debug, thiserror::Error)]
@@ -36,9 +35,27 @@ pub enum NodeError {
         "no trust bundle: set trust_bundle_path (or insecure_bootstrap = true for development)"
     )]
     NoBootstrapTrust,
-    /// No agent SVID on disk and no join token to get one.
-    #[error("the agent has no SVID yet and no join_token is configured")]
+    /// No usable agent SVID on disk and no join token to get one.
+    #[error("the agent has no usable SVID and no join_token is configured")]
     NoJoinToken,
+    /// Reading or writing the agent's files in data_dir failed.
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    /// The identity in data_dir cannot be used and attesting again failed: the agent cannot
+    /// start until an operator gives it a new join token (the message says so).
+    #[error(
+        "the stored agent identity is unusable ({reason}) and attesting again failed ({attest}). \
+         A join token is single use, so the one the agent first attested with cannot be used \
+         again. To recover: create a new join token (`sigil token generate`), set `join_token` \
+         to it and restart the agent; it attests as a new agent and replaces the stored files \
+         (then `sigil agent evict` the old agent ID)"
+    )]
+    UnusableIdentity {
+        /// Why the stored identity is unusable.
+        reason: DataDirError,
+        /// Why attesting again failed.
+        attest: Box<NodeError>,
+    },
     /// The server refused.
     #[error("server refused: {0}")]
     Refused(tonic::Status),
@@ -112,58 +129,6 @@ impl AgentIdentity {
             .unwrap_or_default();
         self.not_before + life / 2
     }
-}
-
-/// Files in data_dir.
-struct Paths {
-    svid: PathBuf,
-    key: PathBuf,
-    bundle: PathBuf,
-}
-
-impl Paths {
-    fn new(dir: &Path) -> Self {
-        Self {
-            svid: dir.join("agent_svid.pem"),
-            key: dir.join("agent_key.der"),
-            bundle: dir.join("bundle.pem"),
-        }
-    }
-}
-
-/// Writes `data` atomically (temp file + rename + fsync) with `mode`.
-fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), NodeError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    f.write_all(data)
-        .map_err(io(format!("writing {}", tmp.display())))?;
-    f.sync_all().map_err(io("fsync"))?;
-    fs::rename(&tmp, path).map_err(io(format!("renaming to {}", path.display())))?;
-    Ok(())
-}
-
-fn pem_chain(chain: &[CertificateDer<'_>]) -> String {
-    chain
-        .iter()
-        .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
-        .collect()
-}
-
-fn read_pem_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, NodeError> {
-    let text = fs::read_to_string(path).map_err(io(format!("reading {}", path.display())))?;
-    let blocks = pem::parse_many(text)
-        .map_err(|e| NodeError::BadReply(format!("{}: {e}", path.display())))?;
-    Ok(blocks
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(|p| CertificateDer::from(p.into_contents()))
-        .collect())
 }
 
 /// Holds the agent identity, the server trust store and the channel to the server.
@@ -274,35 +239,27 @@ impl NodeClient {
             .id_with_path("/sigil/server")
             .map_err(|e| NodeError::Crypto(e.to_string()))?;
         let td = cfg.trust_domain.clone();
-        let now = SystemTime::now();
 
-        let stored = if paths.svid.exists() && paths.key.exists() && paths.bundle.exists() {
-            let chain = read_pem_certs(&paths.svid)?;
-            let key = fs::read(&paths.key).map_err(io("reading agent key"))?;
-            let roots = read_pem_certs(&paths.bundle)?;
-            match AgentIdentity::from_parts(chain, key) {
-                Ok(id) if id.not_after > now && id.id.trust_domain() == &td => Some((id, roots)),
-                Ok(_) => {
-                    tracing::warn!("stored agent SVID expired; attesting again");
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "stored agent SVID unusable; attesting again");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-
-        let (identity, roots) = match stored {
-            Some(x) => {
+        let (identity, roots) = match load_stored(&paths, &td, SystemTime::now()) {
+            Ok(Some(x)) => {
                 tracing::info!(agent_id = %x.0.id, "reusing stored agent SVID (no re-attestation)");
                 x
             }
-            None => {
+            Ok(None) => {
                 let (identity, bundle) = attest(&cfg, &paths, &server_id).await?;
                 (identity, own_roots(&bundle))
+            }
+            Err(reason) => {
+                tracing::warn!(error = %reason, "stored agent identity unusable; attesting again");
+                match attest(&cfg, &paths, &server_id).await {
+                    Ok((identity, bundle)) => (identity, own_roots(&bundle)),
+                    Err(e) => {
+                        return Err(NodeError::UnusableIdentity {
+                            reason,
+                            attest: Box::new(e),
+                        });
+                    }
+                }
             }
         };
         let mut bundle = Bundle::new(td.clone());
@@ -432,12 +389,41 @@ impl NodeClient {
     }
 }
 
+/// Key and chain in one file, replaced whole: a crash never leaves one without the other.
 fn persist_identity(paths: &Paths, id: &AgentIdentity) -> Result<(), NodeError> {
-    // Key first: a crash between the two writes leaves a new key with the old cert, which fails
-    // the key check at startup and leads to re-attestation, never to a mismatched identity.
-    write_file(&paths.key, &id.key_pkcs8, 0o600)?;
-    write_file(&paths.svid, pem_chain(&id.chain).as_bytes(), 0o600)?;
-    Ok(())
+    Ok(data_dir::store_identity(paths, &id.chain, &id.key_pkcs8)?)
+}
+
+/// The stored identity and roots if they can serve now: `Ok(None)` on a first start, an error
+/// when something is stored but unusable (then the caller attests again, or explains).
+fn load_stored(
+    paths: &Paths,
+    td: &TrustDomain,
+    now: SystemTime,
+) -> Result<Option<(AgentIdentity, Vec<CertificateDer<'static>>)>, DataDirError> {
+    let Some(stored) = data_dir::load_identity(paths)? else {
+        return Ok(None);
+    };
+    let path = || paths.identity.clone();
+    let identity = AgentIdentity::from_parts(stored.chain, stored.key_pkcs8).map_err(|e| {
+        DataDirError::Malformed {
+            path: path(),
+            reason: match e {
+                NodeError::BadReply(m) => m,
+                other => other.to_string(),
+            },
+        }
+    })?;
+    if identity.id.trust_domain() != td {
+        return Err(DataDirError::OtherTrustDomain {
+            path: path(),
+            id: identity.id,
+        });
+    }
+    if identity.not_after <= now {
+        return Err(DataDirError::Expired { path: path() });
+    }
+    Ok(Some((identity, stored.roots)))
 }
 
 /// How many times a busy server (RESOURCE_EXHAUSTED) is asked again to attest.
@@ -522,12 +508,14 @@ async fn attest(
     let mut bundle = Bundle::new(cfg.trust_domain.clone());
     bundle.x509_authorities = pbb.x509_authorities;
     bundle.sequence = pbb.sequence_number;
-    persist_identity(paths, &identity)?;
+    // Roots first: the identity file is the commit point, so an identity on disk always has
+    // the roots to authenticate the server beside it.
     write_file(
         &paths.bundle,
         pem_chain(&own_roots(&bundle)).as_bytes(),
         0o600,
     )?;
+    persist_identity(paths, &identity)?;
     tracing::info!(agent_id = %identity.id, "node attested with join token");
     Ok((identity, bundle))
 }

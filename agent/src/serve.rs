@@ -1,13 +1,11 @@
 //! Wiring: joins the server, starts sync and rotation, and serves the Workload API on the
 //! public socket and health on the admin socket until shutdown.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use sigil_proto::sigil::v1 as pb;
 use sigil_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tonic::{Request, Response, Status};
@@ -30,20 +28,24 @@ pub enum StartError {
     /// Joining the server failed.
     #[error(transparent)]
     Node(#[from] NodeError),
-    /// A socket could not be created.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: String,
-        /// Cause.
-        source: std::io::Error,
-    },
+    /// A socket could not be created safely (the error names the path at fault).
+    #[error(transparent)]
+    Socket(#[from] sigil_socket::BindError),
 }
 
-fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> StartError {
-    let what = what.into();
-    move |source| StartError::Io { what, source }
-}
+/// The Workload API socket: any local user may connect (each caller is attested).
+const PUBLIC_SOCKET: sigil_socket::SocketSpec = sigil_socket::SocketSpec {
+    dir_mode: 0o755,
+    socket_mode: 0o777,
+    role: "agent",
+};
+
+/// The admin (health) socket: only the agent's own user.
+const ADMIN_SOCKET: sigil_socket::SocketSpec = sigil_socket::SocketSpec {
+    dir_mode: 0o700,
+    socket_mode: 0o600,
+    role: "agent",
+};
 
 /// A running agent.
 #[derive(Debug)]
@@ -68,31 +70,6 @@ impl Running {
             let _ = t.await;
         }
     }
-}
-
-/// Binds a Unix socket after removing a stale file; refuses if another process serves it.
-fn bind(path: &Path, dir_mode: u32, sock_mode: u32) -> Result<UnixListener, StartError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(dir_mode))
-            .map_err(io(format!("chmod {}", dir.display())))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(StartError::Io {
-                what: format!("socket {}", path.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another agent is serving it",
-                ),
-            });
-        }
-        std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
-    }
-    let l = UnixListener::bind(path).map_err(io(format!("binding {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(sock_mode))
-        .map_err(io(format!("chmod {}", path.display())))?;
-    Ok(l)
 }
 
 /// Health service on the admin socket.
@@ -133,8 +110,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     let td = cfg.trust_domain.to_string();
     let sds_cfg = cfg.sds.clone();
     // Bind first so a second agent on the same socket fails before touching the server.
-    let listener = bind(&socket_path, 0o755, 0o777)?;
-    let admin_listener = bind(&admin_path, 0o700, 0o600)?;
+    let listener = sigil_socket::bind(&socket_path, PUBLIC_SOCKET)?;
+    let admin_listener = sigil_socket::bind(&admin_path, ADMIN_SOCKET)?;
 
     let (node, bundle) = NodeClient::establish(cfg).await?;
     let node = Arc::new(node);

@@ -134,7 +134,11 @@ impl Bundle {
             .get("spiffe_sequence")
             .and_then(Value::as_u64)
             .unwrap_or(0);
-        b.refresh_hint = v.get("spiffe_refresh_hint").and_then(Value::as_u64);
+        // BND-7: a hint is positive; zero is read as no hint, so a round trip keeps the bundle.
+        b.refresh_hint = v
+            .get("spiffe_refresh_hint")
+            .and_then(Value::as_u64)
+            .filter(|h| *h > 0);
         for (index, k) in keys.iter().enumerate() {
             let err = |reason: &str| BundleError::Key {
                 index,

@@ -71,6 +71,9 @@ pub enum IdError {
     /// A trust domain ID was required but the ID has a path.
     #[error("SPIFFE ID of a trust domain must not have a path")]
     UnexpectedPath,
+    /// A path to build an ID from does not start with `/`.
+    #[error("path must start with \"/\"")]
+    RelativePath,
 }
 
 /// A trust domain name such as `example.org`: the root of trust of a set of SPIFFE IDs.
@@ -102,7 +105,16 @@ impl TrustDomain {
     }
 
     /// Builds a workload ID in this trust domain from an absolute path such as `/ns/web`.
+    ///
+    /// The path must start with `/`: pasted after the name, `evil.org/x` would otherwise give
+    /// an ID in trust domain `example.orgevil.org` (found by fuzzing).
     pub fn id_with_path(&self, path: &str) -> Result<SpiffeId, IdError> {
+        if path.is_empty() {
+            return Err(IdError::MissingPath);
+        }
+        if !path.starts_with('/') {
+            return Err(IdError::RelativePath);
+        }
         let id = SpiffeId::parse(&format!("{SCHEME}{}{path}", self.0))?;
         Ok(id)
     }
@@ -370,6 +382,23 @@ mod tests {
             td.id_with_path("/x/y").unwrap().to_string(),
             "spiffe://example.org/x/y"
         );
+    }
+
+    /// Fuzzer finding (fuzz target `spiffe_id`): a path without its leading `/` was pasted
+    /// after the trust domain name and moved the ID into another trust domain.
+    #[test]
+    fn id_with_path_stays_in_its_trust_domain() {
+        let td = TrustDomain::new("example.org").unwrap();
+        for (path, err) in [
+            ("spiffe/example.orgrg", IdError::RelativePath),
+            ("evil.org/x", IdError::RelativePath),
+            ("rg", IdError::RelativePath),
+            ("", IdError::MissingPath),
+        ] {
+            assert_eq!(td.id_with_path(path).unwrap_err(), err, "{path:?}");
+        }
+        let id = td.id_with_path("/a/b").unwrap();
+        assert_eq!((id.trust_domain(), id.path()), (&td, "/a/b"));
     }
 
     mod props {

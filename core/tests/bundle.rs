@@ -92,6 +92,18 @@ fn spiffe_json_round_trip() {
     assert_eq!(back.to_spiffe_json().unwrap(), text);
 }
 
+/// Fuzzer finding (fuzz target `bundle_json`): a zero refresh hint decoded as `Some(0)`, which
+/// encodes as no hint, so the bundle changed on a round trip. BND-7: a hint is positive, and a
+/// zero one means none (as the admin API already reads it).
+#[test]
+fn zero_refresh_hint_means_none() {
+    let input = br#"{"keys":[],"spiffe_refresh_hint":0}"#;
+    let b = Bundle::from_spiffe_json(td(TD), input).unwrap();
+    assert_eq!(b.refresh_hint, None);
+    let back = Bundle::from_spiffe_json(td(TD), b.to_spiffe_json().unwrap().as_bytes()).unwrap();
+    assert_eq!(back, b);
+}
+
 #[test]
 fn expires_at_is_not_carried() {
     let mut b = sample();

@@ -532,10 +532,13 @@ pub async fn run(st: Arc<State>, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Longest audience value accepted, and most audiences per token: generous for real use, small
-/// enough that a token stays far below [`jwt::MAX_TOKEN_LEN`].
+/// Longest audience value accepted, and most audiences per token: generous for real use.
 const MAX_AUDIENCE_LEN: usize = 512;
 const MAX_AUDIENCES: usize = 16;
+/// Most bytes the audience takes in the token's JSON payload, escapes included, so a token
+/// stays well below [`jwt::MAX_TOKEN_LEN`] (which every verifier, ours included, enforces).
+/// The per-value limits alone did not: JSON escapes a control character in six bytes.
+const MAX_AUDIENCE_JSON_LEN: usize = 8 * 1024;
 
 /// Checks the audience of a mint request: at least one, none empty.
 pub fn check_audience(audience: &[String]) -> Result<(), ApiError> {
@@ -555,6 +558,13 @@ pub fn check_audience(audience: &[String]) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             "audience",
             format!("values must be at most {MAX_AUDIENCE_LEN} bytes"),
+        ));
+    }
+    let encoded = serde_json::to_string(audience).map_or(usize::MAX, |j| j.len());
+    if encoded > MAX_AUDIENCE_JSON_LEN {
+        return Err(ApiError::invalid(
+            "audience",
+            format!("takes {encoded} bytes in the token, more than {MAX_AUDIENCE_JSON_LEN}"),
         ));
     }
     Ok(())
@@ -704,6 +714,48 @@ mod tests {
         ] {
             let e = check_audience(&bad).unwrap_err();
             assert!(e.to_string().starts_with("audience:"), "{e}");
+        }
+    }
+
+    /// Found by the `node_requests` fuzz target's property "an accepted audience list yields a
+    /// token valid for each audience": 16 values of 512 control characters passed the
+    /// per-value limits, but JSON escapes each character in six bytes, and the minted token was
+    /// longer than any verifier (ours included) accepts.
+    #[test]
+    fn an_accepted_audience_always_fits_a_verifiable_token() {
+        let escaped: Vec<String> = (0..MAX_AUDIENCES)
+            .map(|i| format!("{}{i}", "\u{1}".repeat(MAX_AUDIENCE_LEN - 2)))
+            .collect();
+        let e = check_audience(&escaped).unwrap_err();
+        assert!(e.to_string().starts_with("audience:"), "{e}");
+
+        let key = jwt::generate_key(jwt::JwtKeyType::Es256).unwrap();
+        let signer = jwt::JwtSigner::from_pkcs8("k".into(), &key.pkcs8).unwrap();
+        let mut bundle = sigil_core::Bundle::new(sigil_core::TrustDomain::new("td").unwrap());
+        bundle.jwt_authorities.push(sigil_core::JwtAuthority {
+            key_id: "k".into(),
+            public_key_der: key.public_key_der,
+            expires_at: 0,
+        });
+        let sub =
+            sigil_core::SpiffeId::parse(&format!("spiffe://td/{}", "s".repeat(2000))).unwrap();
+        // The largest audiences still accepted: plain values, and values full of quotes.
+        let plain: Vec<String> = (0..MAX_AUDIENCES).map(|i| format!("{i:0>480}")).collect();
+        let quoted: Vec<String> = (0..MAX_AUDIENCES)
+            .map(|i| format!("{i}{}", "\"".repeat(240)))
+            .collect();
+        for audience in [plain, quoted] {
+            check_audience(&audience).unwrap();
+            let token = signer
+                .sign(&jwt::JwtClaims {
+                    subject: &sub,
+                    audience: &audience,
+                    issued_at: 1,
+                    expires_at: 2,
+                    issuer: Some("https://issuer.example.org"),
+                })
+                .unwrap();
+            jwt::verify(&token, &audience[0], &[&bundle], 1).unwrap();
         }
     }
 }

@@ -2,14 +2,13 @@
 //! API (Unix socket) until shutdown. The caller can bind port 0; the bound address is returned.
 
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sigil_core::tls::{self, Authorizer, SvidResolver, TrustStore};
 use sigil_proto::sigil::v1 as pb;
-use tokio::net::{TcpListener, UnixListener};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
@@ -50,6 +49,9 @@ pub enum ServeError {
     /// TLS configuration failure.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The admin socket could not be created safely (the error names the path at fault).
+    #[error("admin socket: {0}")]
+    Socket(#[from] sigil_socket::BindError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -82,27 +84,12 @@ impl Running {
     }
 }
 
-/// Prepares the admin socket's directory (0700) and removes a stale socket file.
-fn prepare_socket(path: &Path) -> Result<(), ServeError> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(io(format!("chmod {}", dir.display())))?;
-    }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(ServeError::Io {
-                what: format!("admin socket {}", path.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "another server is listening on it",
-                ),
-            });
-        }
-        std::fs::remove_file(path).map_err(io(format!("removing stale {}", path.display())))?;
-    }
-    Ok(())
-}
+/// The admin socket: only the server's own user may connect (it is the operator's API).
+const ADMIN_SOCKET: sigil_socket::SocketSpec = sigil_socket::SocketSpec {
+    dir_mode: 0o700,
+    socket_mode: 0o600,
+    role: "server",
+};
 
 async fn load_entries(
     store: Arc<dyn DataStore>,
@@ -171,14 +158,7 @@ pub async fn start_with_store(
         .await
         .map_err(io(format!("binding {}", cfg.bind_address)))?;
     let addr = listener.local_addr().map_err(io("local_addr"))?;
-    prepare_socket(&cfg.admin_socket_path)?;
-    let admin_listener = UnixListener::bind(&cfg.admin_socket_path)
-        .map_err(io(format!("binding {}", cfg.admin_socket_path.display())))?;
-    std::fs::set_permissions(
-        &cfg.admin_socket_path,
-        std::fs::Permissions::from_mode(0o600),
-    )
-    .map_err(io("chmod admin socket"))?;
+    let admin_listener = sigil_socket::bind(&cfg.admin_socket_path, ADMIN_SOCKET)?;
 
     let admin_socket = cfg.admin_socket_path.clone();
     let signer = Signer::new(cfg.max_pending_signatures, Signer::threads());

@@ -1,13 +1,17 @@
 //! What every Sigil process needs to serve gRPC on a Unix socket.
 //!
 //! Layout:
+//! - [`bind`]: creating the socket file without trusting directories other users control
+//!   (StrictModes-style ownership and mode checks, no symlinks, chmod only what we create).
 //! - [`h2_authority`]: a connection wrapper that rewrites the HTTP/2 `:authority` of each request
 //!   before tonic's HTTP/2 stack sees it, so clients of every gRPC stack (C core, Java, Go, Rust)
 //!   are served.
 #![forbid(unsafe_code)]
 
+pub mod bind;
 pub mod h2_authority;
 
+pub use bind::{BindError, SocketSpec, bind};
 pub use h2_authority::NormalizeAuthority;
 
 use tokio_stream::{Stream, StreamExt};
