@@ -44,6 +44,9 @@ struct FileConfig {
     log_format: Option<String>,
     discover_workload_path: Option<bool>,
     workload_binary_sha256: Option<bool>,
+    workload_api_threads: Option<usize>,
+    max_concurrent_streams: Option<u32>,
+    workload_api_rate_limit: Option<u32>,
     sds: Option<FileSds>,
 }
 
@@ -155,9 +158,27 @@ pub struct Config {
     pub discover_workload_path: bool,
     /// Emit `unix:sha256` selectors. Default true.
     pub workload_binary_sha256: bool,
+    /// Threads serving the Workload API and SDS socket, apart from the agent's other work.
+    /// Default [`DEFAULT_WORKLOAD_API_THREADS`].
+    pub workload_api_threads: usize,
+    /// HTTP/2 streams one connection to the Workload API socket may have open at once.
+    /// Default [`DEFAULT_MAX_CONCURRENT_STREAMS`].
+    pub max_concurrent_streams: u32,
+    /// Workload API and SDS calls per second allowed per calling user (uid), excess answered
+    /// Unavailable; 0 (the default) is no limit.
+    pub workload_api_rate_limit: u32,
     /// Envoy SDS settings (`[sds]`).
     pub sds: SdsConfig,
 }
+
+/// One thread serves the Workload API by default: a cached fetch is a few microseconds of work
+/// between two socket wake-ups, and handing requests between threads cost more CPU per fetch
+/// than the second thread gave back (README, "Why one Workload API thread").
+pub const DEFAULT_WORKLOAD_API_THREADS: usize = 1;
+
+/// Enough for an Envoy with hundreds of SDS subscriptions on one connection; a workload needs
+/// a handful.
+pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 256;
 
 /// Command-line values that take precedence over the file.
 #[derive(Debug, Default, Clone)]
@@ -253,6 +274,27 @@ impl Config {
             log_json,
             discover_workload_path: f.discover_workload_path.unwrap_or(true),
             workload_binary_sha256: f.workload_binary_sha256.unwrap_or(true),
+            workload_api_threads: match f.workload_api_threads {
+                None => DEFAULT_WORKLOAD_API_THREADS,
+                Some(n @ 1..=256) => n,
+                Some(n) => {
+                    return Err(ConfigError::Invalid {
+                        key: "workload_api_threads",
+                        reason: format!("{n} is not between 1 and 256"),
+                    });
+                }
+            },
+            max_concurrent_streams: match f.max_concurrent_streams {
+                None => DEFAULT_MAX_CONCURRENT_STREAMS,
+                Some(0) => {
+                    return Err(ConfigError::Invalid {
+                        key: "max_concurrent_streams",
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                Some(n) => n,
+            },
+            workload_api_rate_limit: f.workload_api_rate_limit.unwrap_or(0),
             sds: SdsConfig::from_file(f.sds)?,
         };
         Ok(cfg)
@@ -286,6 +328,44 @@ mod tests {
         .unwrap();
         assert_eq!(c.trust_domain.as_str(), "example.org");
         assert_eq!(c.socket_path, PathBuf::from(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn socket_limits_defaults_and_bounds() {
+        let td = "trust_domain = \"example.org\"\n";
+        let c = Config::from_toml(td, Overrides::default()).unwrap();
+        assert_eq!(c.workload_api_threads, DEFAULT_WORKLOAD_API_THREADS);
+        assert_eq!(c.max_concurrent_streams, DEFAULT_MAX_CONCURRENT_STREAMS);
+        assert_eq!(c.workload_api_rate_limit, 0);
+        let t = format!(
+            "{td}workload_api_threads = 4\nmax_concurrent_streams = 8\nworkload_api_rate_limit = 50"
+        );
+        let c = Config::from_toml(&t, Overrides::default()).unwrap();
+        assert_eq!(
+            (
+                c.workload_api_threads,
+                c.max_concurrent_streams,
+                c.workload_api_rate_limit
+            ),
+            (4, 8, 50)
+        );
+        for (bad, key) in [
+            ("workload_api_threads = 0", "workload_api_threads"),
+            ("workload_api_threads = 1000", "workload_api_threads"),
+            ("max_concurrent_streams = 0", "max_concurrent_streams"),
+        ] {
+            match Config::from_toml(&format!("{td}{bad}"), Overrides::default()) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            Config::from_toml(
+                &format!("{td}workload_api_rate_limit = -1"),
+                Overrides::default()
+            ),
+            Err(ConfigError::Parse(_))
+        ));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! - [`serve`]: wiring of sockets and background tasks.
 #![forbid(unsafe_code)]
 
+mod api_runtime;
 pub mod attestation;
 pub mod cache;
 pub mod config;
@@ -23,6 +24,7 @@ pub mod data_dir;
 pub mod jwt;
 pub mod node;
 pub mod peer;
+mod procfs;
 pub mod rotate;
 pub mod sds;
 pub mod serve;

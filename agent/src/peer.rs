@@ -120,7 +120,7 @@ fn peer_pidfd(stream: &UnixStream) -> Result<Option<OwnedFd>, PeerError> {
 /// The pid a pidfd's process holds in our pid namespace, from `/proc/self/fdinfo`; `-1` once the
 /// process has been reaped and its pid number freed for reuse.
 fn pidfd_pid(pidfd: &OwnedFd) -> io::Result<i32> {
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    let info = crate::procfs::read(&format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
     parse_fdinfo_pid(&info)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "pidfd fdinfo has no Pid line"))
 }
@@ -137,7 +137,7 @@ fn parse_fdinfo_pid(info: &str) -> Option<i32> {
 /// Reads field 22 (`starttime`) of `/proc/<pid>/stat`. `NotFound` means the process is gone;
 /// `InvalidData` means the file did not parse.
 pub(crate) fn read_start_time(pid: i32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let stat = crate::procfs::read(&format!("/proc/{pid}/stat"))?;
     parse_start_time(&stat).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,

@@ -31,6 +31,9 @@ pub enum StartError {
     /// A socket could not be created safely (the error names the path at fault).
     #[error(transparent)]
     Socket(#[from] sigil_socket::BindError),
+    /// The threads serving the Workload API could not be started.
+    #[error("starting the Workload API runtime: {0}")]
+    Runtime(#[source] std::io::Error),
 }
 
 /// The Workload API socket: any local user may connect (each caller is attested).
@@ -109,8 +112,15 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     };
     let td = cfg.trust_domain.to_string();
     let sds_cfg = cfg.sds.clone();
+    let (api_threads, max_streams, rate_limit) = (
+        cfg.workload_api_threads,
+        cfg.max_concurrent_streams,
+        cfg.workload_api_rate_limit,
+    );
     // Bind first so a second agent on the same socket fails before touching the server.
-    let listener = sigil_socket::bind(&socket_path, PUBLIC_SOCKET)?;
+    let listener = sigil_socket::bind(&socket_path, PUBLIC_SOCKET)?
+        .into_std()
+        .map_err(StartError::Runtime)?;
     let admin_listener = sigil_socket::bind(&admin_path, ADMIN_SOCKET)?;
 
     let (node, bundle) = NodeClient::establish(cfg).await?;
@@ -138,15 +148,24 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
     )));
 
     let attestors: Vec<Box<dyn WorkloadAttestor>> = vec![Box::new(UnixAttestor::new(attestor_cfg))];
-    let attestor = Attestor::new(attestors);
+    let attestor = Attestor::new(attestors).with_rate_limit(rate_limit);
     let api = WorkloadApi::new(Arc::clone(&cache), attestor.clone()).with_jwt(Arc::new(
         crate::jwt::JwtSvids::new(Arc::clone(&node), crate::jwt::DEFAULT_CAPACITY),
     ));
     // SDS shares the socket and the attestation: Envoy is just another workload.
     let sds = Sds::new(Arc::clone(&cache), attestor, sds_cfg);
     let mut sd = shutdown_rx.clone();
-    tasks.push(tokio::spawn(async move {
+    let serve = move || async move {
+        // Registered with the runtime that serves it, so accepts wake that runtime directly.
+        let listener = match tokio::net::UnixListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "Workload API socket could not be served");
+                return;
+            }
+        };
         let r = tonic::transport::Server::builder()
+            .max_concurrent_streams(max_streams)
             .add_service(SpiffeWorkloadApiServer::new(api))
             .add_service(sds.into_service())
             .serve_with_incoming_shutdown(
@@ -159,7 +178,8 @@ pub async fn start(cfg: Config) -> Result<Running, StartError> {
         if let Err(e) = r {
             tracing::error!(error = %e, "Workload API stopped");
         }
-    }));
+    };
+    tasks.push(crate::api_runtime::spawn(api_threads, serve)?);
     let health = Health {
         cache: Arc::clone(&cache),
         td,

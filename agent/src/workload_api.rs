@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use futures::Stream;
 use sigil_core::SelectorSet;
+use sigil_core::rate_limit::KeyedLimiter;
 use sigil_proto::workload as wl;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::attestation::{WorkloadAttestor, attest_peer};
+use crate::attestation::{AttestError, WorkloadAttestor, attest_peer, attest_peer_cached};
 use crate::cache::{Cache, Snapshot, WorkloadView};
 use crate::peer::{PeerConnectInfo, PeerInfo};
 
@@ -22,7 +23,11 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 #[derive(Clone)]
 pub struct Attestor {
     attestors: Arc<Vec<Box<dyn WorkloadAttestor>>>,
+    limiter: Option<Arc<KeyedLimiter<u32>>>,
 }
+
+/// Most calling users whose rate-limit buckets are kept at once.
+const RATE_LIMIT_USERS: usize = 4096;
 
 impl std::fmt::Debug for Attestor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,7 +40,19 @@ impl Attestor {
     pub fn new(attestors: Vec<Box<dyn WorkloadAttestor>>) -> Self {
         Self {
             attestors: Arc::new(attestors),
+            limiter: None,
         }
+    }
+
+    /// Allows each calling user (uid) `per_second` calls a second on average, in bursts of as
+    /// many; 0 means no limit. Calls over it get Unavailable before any attestation work.
+    ///
+    /// Keyed by uid rather than process: a caller that forks to get fresh buckets gains nothing,
+    /// and one user's processes share what that user may cost the agent.
+    pub fn with_rate_limit(mut self, per_second: u32) -> Self {
+        self.limiter =
+            (per_second > 0).then(|| Arc::new(KeyedLimiter::new(per_second, RATE_LIMIT_USERS)));
+        self
     }
 
     /// The caller's selectors. Failures are logged, and the caller learns only that it has no
@@ -54,6 +71,18 @@ impl Attestor {
         let peer = *info
             .peer()
             .map_err(|_| Status::permission_denied("could not identify the caller"))?;
+        if let Some(limiter) = &self.limiter
+            && !limiter.allow(peer.uid, std::time::Instant::now())
+        {
+            tracing::debug!(
+                pid = peer.pid,
+                uid = peer.uid,
+                "Workload API rate limit hit"
+            );
+            return Err(Status::unavailable(
+                "rate limit exceeded for this caller; retry later",
+            ));
+        }
         let selectors = self.run(peer).await.map_err(|e| {
             tracing::info!(pid = peer.pid, uid = peer.uid, error = %e, "workload attestation failed");
             Status::permission_denied("no identity issued")
@@ -70,10 +99,16 @@ impl Attestor {
     }
 }
 
+/// Attests on this thread when the attestors' caches suffice (a few small `/proc` reads, the
+/// common case), and on the blocking pool only when one needs slow work.
 async fn run_attestors(
     attestors: Arc<Vec<Box<dyn WorkloadAttestor>>>,
     peer: PeerInfo,
 ) -> Result<SelectorSet, String> {
+    match attest_peer_cached(&attestors, &peer) {
+        Err(AttestError::WouldBlock) => {}
+        done => return done.map_err(|e| e.to_string()),
+    }
     tokio::task::spawn_blocking(move || attest_peer(&attestors, &peer))
         .await
         .map_err(|e| e.to_string())?

@@ -9,12 +9,14 @@
 //! - [`bundle`]: trust bundles in the SPIFFE JWK-set format and PEM.
 //! - [`jwt`]: signing and verifying JWT-SVIDs.
 //! - [`tls`]: rustls verifiers and certificate resolvers for SPIFFE authentication.
+//! - [`rate_limit`]: token buckets per caller, bounded in memory.
 #![forbid(unsafe_code)]
 
 pub mod bundle;
 pub mod id;
 pub mod jwt;
 pub mod keys;
+pub mod rate_limit;
 pub mod selector;
 pub mod tls;
 pub mod validate;

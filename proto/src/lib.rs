@@ -4,6 +4,8 @@
 //! - [`sigil::v1`]: Sigil's own server API (agent-facing `Node`, admin-facing services).
 #![allow(missing_docs, clippy::all, clippy::pedantic)]
 
+pub mod codec;
+
 /// The SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package).
 pub mod workload {
     tonic::include_proto!("_");

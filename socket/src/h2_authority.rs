@@ -123,12 +123,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for NormalizeAuthority<S> {
             if this.input.is_empty() {
                 this.input = BytesMut::new();
             }
-            this.input.reserve(READ_CHUNK);
-            let n = ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut this.inner),
-                cx,
-                &mut this.input
-            ))?;
+            // Read into the stack, not into `input`: a held connection waits in this read almost
+            // all its life, and a buffer reserved for it would be heap held by every idle client.
+            let mut chunk = [0u8; READ_CHUNK];
+            let mut chunk = ReadBuf::new(&mut chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
+            let n = chunk.filled().len();
+            this.input.extend_from_slice(chunk.filled());
             if n == 0 {
                 // A partial frame left in `input` is as truncated for h2 as it was for us.
                 this.eof = true;
@@ -389,22 +390,21 @@ impl Rewriter {
         }
         let mut decoded = 0usize;
         let encoder = &mut self.encoder.0;
-        let result = self
-            .decoder
-            .0
-            .decode_with_cb(&open.fragment, |name, value| {
-                decoded += name.len() + value.len() + 32;
-                if decoded > MAX_BLOCK {
-                    return;
-                }
-                let value: &[u8] = if name.as_ref() == AUTHORITY {
-                    LOCALHOST
-                } else {
-                    &value
-                };
-                // Writing into a Vec cannot fail.
-                let _ = encoder.encode_header_into((&name, value), &mut block);
-            });
+        let plain = plain::without_huffman(&open.fragment);
+        let fragment = plain.as_deref().unwrap_or(&open.fragment);
+        let result = self.decoder.0.decode_with_cb(fragment, |name, value| {
+            decoded += name.len() + value.len() + 32;
+            if decoded > MAX_BLOCK {
+                return;
+            }
+            let value: &[u8] = if name.as_ref() == AUTHORITY {
+                LOCALHOST
+            } else {
+                &value
+            };
+            // Writing into a Vec cannot fail.
+            let _ = encoder.encode_header_into((&name, value), &mut block);
+        });
         if let Err(e) = result {
             self.undecodable(open.stream, out);
             return Err(Fault::Hpack(e));
@@ -511,5 +511,6 @@ fn write_block(out: &mut BytesMut, open: &OpenBlock, block: &[u8]) {
     }
 }
 
+mod plain;
 #[cfg(test)]
 mod tests;

@@ -130,6 +130,12 @@ impl BinaryDigests {
         Ok(hex)
     }
 
+    /// The cached digest of the open file described by `meta` (its metadata), without reading
+    /// it: `None` on a miss.
+    pub fn cached(&self, label: &Path, meta: &Metadata) -> Option<String> {
+        self.cache.get(&FileKey::new(label, meta))
+    }
+
     /// True when the file changed too recently for its timestamps to prove a later rewrite
     /// would be noticed; a ctime in the future (clock stepped back) counts as recent.
     fn is_racy(&self, meta: &Metadata) -> bool {

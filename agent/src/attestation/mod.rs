@@ -34,6 +34,15 @@ pub trait WorkloadAttestor: Send + Sync {
     /// [`AttestError::ProcessGone`]; [`attest_peer`] catches a recycled pid afterwards, so an
     /// attestor need not check the start time itself.
     fn attest(&self, peer: &PeerInfo) -> Result<Vec<Selector>, AttestError>;
+
+    /// The same answer as [`WorkloadAttestor::attest`] when it needs no slow work: only small
+    /// in-memory `/proc` reads and this attestor's caches. Anything more (an NSS lookup, hashing
+    /// a binary not seen before) must answer [`AttestError::WouldBlock`], and the caller then
+    /// runs `attest` on the blocking pool. This lets the common call stay on the runtime thread
+    /// instead of hopping to another one; the default always defers.
+    fn attest_cached(&self, _peer: &PeerInfo) -> Result<Vec<Selector>, AttestError> {
+        Err(AttestError::WouldBlock)
+    }
 }
 
 /// Why a caller could not be attested. Every variant means "serve no identity"; the Workload API
@@ -52,6 +61,10 @@ pub enum AttestError {
     /// another user's `/proc/<pid>/exe`.
     #[error("attestation I/O: {0}")]
     Io(String),
+    /// [`WorkloadAttestor::attest_cached`] cannot answer without slow work; not a failure, the
+    /// caller retries with `attest` where blocking is allowed.
+    #[error("attestation needs work that may block")]
+    WouldBlock,
     /// An attestor produced a malformed selector (a bug in that attestor).
     #[error("attestor built an invalid selector: {0}")]
     InvalidSelector(#[from] SelectorError),
@@ -79,12 +92,31 @@ pub fn attest_peer(
     attestors: &[Box<dyn WorkloadAttestor>],
     peer: &PeerInfo,
 ) -> Result<SelectorSet, AttestError> {
+    attest_with(attestors, peer, |a, p| a.attest(p))
+}
+
+/// [`attest_peer`] from the attestors' caches only, safe to call on a runtime thread: answers
+/// [`AttestError::WouldBlock`] when any attestor needs slow work, and the caller then runs
+/// [`attest_peer`] on the blocking pool.
+pub fn attest_peer_cached(
+    attestors: &[Box<dyn WorkloadAttestor>],
+    peer: &PeerInfo,
+) -> Result<SelectorSet, AttestError> {
+    attest_with(attestors, peer, |a, p| a.attest_cached(p))
+}
+
+fn attest_with(
+    attestors: &[Box<dyn WorkloadAttestor>],
+    peer: &PeerInfo,
+    attest: impl Fn(&dyn WorkloadAttestor, &PeerInfo) -> Result<Vec<Selector>, AttestError>,
+) -> Result<SelectorSet, AttestError> {
     let mut selectors = SelectorSet::new();
     for attestor in attestors {
-        let found = attestor.attest(peer).map_err(|e| {
-            let attestor = attestor.name();
-            tracing::debug!(attestor, pid = peer.pid, error = %e, "attestor failed");
-            e
+        let found = attest(attestor.as_ref(), peer).inspect_err(|e| {
+            if !matches!(e, AttestError::WouldBlock) {
+                let attestor = attestor.name();
+                tracing::debug!(attestor, pid = peer.pid, error = %e, "attestor failed");
+            }
         })?;
         for s in found {
             selectors.insert(s);

@@ -78,27 +78,33 @@ impl UnixAttestor {
         }
     }
 
-    fn user_name(&self, uid: u32) -> Option<String> {
-        cached_name(&self.users, uid, |id| {
+    fn user_name(&self, uid: u32, mode: Mode) -> Result<Option<String>, AttestError> {
+        cached_name(&self.users, uid, mode, |id| {
             User::from_uid(Uid::from_raw(id)).map(|u| u.map(|u| u.name))
         })
     }
 
-    fn group_name(&self, gid: u32) -> Option<String> {
-        cached_name(&self.groups, gid, |id| {
+    fn group_name(&self, gid: u32, mode: Mode) -> Result<Option<String>, AttestError> {
+        cached_name(&self.groups, gid, mode, |id| {
             Group::from_gid(Gid::from_raw(id)).map(|g| g.map(|g| g.name))
         })
     }
 
     /// Appends `path` and, if configured, `sha256`.
-    fn path_selectors(&self, pid: i32, out: &mut Vec<Selector>) -> Result<(), AttestError> {
+    fn path_selectors(
+        &self,
+        pid: i32,
+        mode: Mode,
+        out: &mut Vec<Selector>,
+    ) -> Result<(), AttestError> {
         let exe = format!("/proc/{pid}/exe");
         let proc_err = |what: &str, e: std::io::Error| AttestError::from_proc_io(what, pid, &e);
         let target = fs::read_link(&exe).map_err(|e| proc_err("exe link", e))?;
 
         // Opening the magic link reaches the inode the process runs; fstat on it tells whether
         // that inode was unlinked, which is when the kernel appends " (deleted)" to the name.
-        let (meta, file) = if self.config.hash_binary {
+        // A cache-only pass needs no open file: stat through the link reaches the same inode.
+        let (meta, file) = if self.config.hash_binary && mode == Mode::MayBlock {
             let file = File::open(&exe).map_err(|e| proc_err("exe", e))?;
             let meta = file.metadata().map_err(|e| proc_err("exe metadata", e))?;
             (meta, Some(file))
@@ -120,15 +126,58 @@ impl UnixAttestor {
                 "binary path is not UTF-8; no unix:path selector"
             ),
         }
-        if let Some(file) = file {
-            let hex = self
-                .digests
-                .digest_file(&path, file)
-                .map_err(|e| proc_err("exe digest", e))?;
+        if self.config.hash_binary {
+            let hex = match file {
+                Some(file) => self
+                    .digests
+                    .digest_file(&path, file)
+                    .map_err(|e| proc_err("exe digest", e))?,
+                None => self
+                    .digests
+                    .cached(&path, &meta)
+                    .ok_or(AttestError::WouldBlock)?,
+            };
             out.push(unix("sha256", hex)?);
         }
         Ok(())
     }
+
+    fn attest_in(&self, peer: &PeerInfo, mode: Mode) -> Result<Vec<Selector>, AttestError> {
+        let mut out = Vec::with_capacity(8);
+        out.push(unix("uid", peer.uid)?);
+        if let Some(name) = self.user_name(peer.uid, mode)? {
+            out.push(unix("user", name)?);
+        }
+        out.push(unix("gid", peer.gid)?);
+        if let Some(name) = self.group_name(peer.gid, mode)? {
+            out.push(unix("group", name)?);
+        }
+
+        let status = crate::procfs::read(&format!("/proc/{}/status", peer.pid))
+            .map_err(|e| AttestError::from_proc_io("status", peer.pid, &e))?;
+        let groups = parse_groups(&status).ok_or_else(|| {
+            AttestError::Io(format!("no valid Groups line in /proc/{}/status", peer.pid))
+        })?;
+        for gid in groups {
+            out.push(unix("supplementary_gid", gid)?);
+            if let Some(name) = self.group_name(gid, mode)? {
+                out.push(unix("supplementary_group", name)?);
+            }
+        }
+
+        if self.config.discover_workload_path {
+            self.path_selectors(peer.pid, mode, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Whether an attestation may do slow work (NSS lookups, hashing a binary) or must answer
+/// [`AttestError::WouldBlock`] when its caches cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    MayBlock,
+    CachedOnly,
 }
 
 impl WorkloadAttestor for UnixAttestor {
@@ -137,32 +186,11 @@ impl WorkloadAttestor for UnixAttestor {
     }
 
     fn attest(&self, peer: &PeerInfo) -> Result<Vec<Selector>, AttestError> {
-        let mut out = Vec::with_capacity(8);
-        out.push(unix("uid", peer.uid)?);
-        if let Some(name) = self.user_name(peer.uid) {
-            out.push(unix("user", name)?);
-        }
-        out.push(unix("gid", peer.gid)?);
-        if let Some(name) = self.group_name(peer.gid) {
-            out.push(unix("group", name)?);
-        }
+        self.attest_in(peer, Mode::MayBlock)
+    }
 
-        let status = fs::read_to_string(format!("/proc/{}/status", peer.pid))
-            .map_err(|e| AttestError::from_proc_io("status", peer.pid, &e))?;
-        let groups = parse_groups(&status).ok_or_else(|| {
-            AttestError::Io(format!("no valid Groups line in /proc/{}/status", peer.pid))
-        })?;
-        for gid in groups {
-            out.push(unix("supplementary_gid", gid)?);
-            if let Some(name) = self.group_name(gid) {
-                out.push(unix("supplementary_group", name)?);
-            }
-        }
-
-        if self.config.discover_workload_path {
-            self.path_selectors(peer.pid, &mut out)?;
-        }
-        Ok(out)
+    fn attest_cached(&self, peer: &PeerInfo) -> Result<Vec<Selector>, AttestError> {
+        self.attest_in(peer, Mode::CachedOnly)
     }
 }
 
@@ -170,17 +198,22 @@ fn unix(field: &str, value: impl Display) -> Result<Selector, SelectorError> {
     Selector::new("unix", &format!("{field}:{value}"))
 }
 
-/// Looks `id` up through `cache`. Only definite answers (a name, or "no such id") are cached; a
+/// Looks `id` up through `cache`; in [`Mode::CachedOnly`] a miss is `WouldBlock` (NSS may
+/// ask a network directory). Only definite answers (a name, or "no such id") are cached; a
 /// failing NSS backend is asked again next time instead of pinning a wrong "no name".
 fn cached_name(
     cache: &BoundedCache<u32, Option<String>>,
     id: u32,
+    mode: Mode,
     lookup: impl FnOnce(u32) -> nix::Result<Option<String>>,
-) -> Option<String> {
+) -> Result<Option<String>, AttestError> {
     if let Some(hit) = cache.get(&id) {
-        return hit;
+        return Ok(hit);
     }
-    match lookup(id) {
+    if mode == Mode::CachedOnly {
+        return Err(AttestError::WouldBlock);
+    }
+    Ok(match lookup(id) {
         Ok(name) => {
             cache.insert(id, name.clone());
             name
@@ -189,7 +222,7 @@ fn cached_name(
             tracing::debug!(id, error = %e, "user/group name lookup failed");
             None
         }
-    }
+    })
 }
 
 /// The supplementary gids from the text of `/proc/<pid>/status`, or `None` if the line is

@@ -245,17 +245,25 @@ pub async fn start_agent(
     server_addr: SocketAddr,
     token: &str,
 ) -> Result<sigil_agent::serve::Running, sigil_agent::serve::StartError> {
-    let toml = format!(
+    let cfg = sigil_agent::config::Config::from_toml(
+        &agent_toml(files, server_addr, token, ""),
+        Default::default(),
+    )
+    .unwrap();
+    sigil_agent::serve::start(cfg).await
+}
+
+/// The agent configuration [`start_agent`] uses, with `extra` TOML lines appended.
+pub fn agent_toml(files: &AgentFiles, server_addr: SocketAddr, token: &str, extra: &str) -> String {
+    format!(
         "trust_domain = \"{TD}\"\nserver_address = \"{server_addr}\"\n\
          trust_bundle_path = \"{}\"\njoin_token = \"{token}\"\ndata_dir = \"{}\"\n\
-         socket_path = \"{}\"\nadmin_socket_path = \"{}\"\nworkload_binary_sha256 = false\n",
+         socket_path = \"{}\"\nadmin_socket_path = \"{}\"\nworkload_binary_sha256 = false\n{extra}\n",
         files.bundle_path.display(),
         files.data_dir.display(),
         files.socket_path.display(),
         files.admin_socket_path.display(),
-    );
-    let cfg = sigil_agent::config::Config::from_toml(&toml, Default::default()).unwrap();
-    sigil_agent::serve::start(cfg).await
+    )
 }
 
 /// A server and one agent attested with a join token whose node alias is `alias`.
@@ -422,4 +430,13 @@ pub fn pkcs8_public_key(key: &[u8]) -> Vec<u8> {
     )
     .expect("x509_svid_key is not an unencrypted PKCS#8 P-256 key");
     kp.public_key().as_ref().to_vec()
+}
+
+/// Resident memory of process `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
